@@ -1,0 +1,249 @@
+"""Monomial-NFN (Tran et al., NeurIPS 2024): layers equivariant/invariant to the monomial group.
+
+Scalings kill every row, column and global sum of the NP/HNP layers; what survives (channels ``m <- n``):
+
+.. math::
+    \\text{hidden } l:\\quad W'_{m,jk} = \\sum_n A_{mn} W_{n,jk}, \\qquad b'_{m,j} = \\sum_n B_{mn} b_{n,j}
+
+    \\text{first}:\\quad W'_{m,jk} = \\sum_{n,q} A_{mnqk} W_{n,jq} + \\sum_n B_{mnk} b_{n,j}, \\qquad
+    b'_{m,j} = \\sum_{n,q} C_{mnq} W_{n,jq} + \\sum_n D_{mn} b_{n,j}
+
+    \\text{last}:\\quad W'_{m,jk} = \\sum_{n,p} A_{mnpj} W_{n,pk}, \\qquad
+    b'_{m,j} = \\sum_{n,p} B_{mnpj} b_{n,p} + \\tau_{mj}
+
+and, for sign flips only, ``W'^{(L)}_{m,jk} += sum_n E_{mnj} b^{(L-1)}_{n,k}`` and
+``b'^{(L-1)}_{m,j} += sum_{n,p} F_{mnp} W^{(L)}_{n,pj}``. Conv kernel positions are treated as channels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .weight_space import WeightSpace, WeightSpaceSpec
+
+
+def kernels_to_channels(w: Tensor) -> Tensor:
+    """``(B, C, n_out, n_in, kh, kw) -> (B, C*kh*kw, n_out, n_in)`` (identity for matrices)."""
+    if w.dim() == 4:
+        return w
+    B, C, n_out, n_in = w.shape[:4]
+    return w.flatten(4).permute(0, 1, 4, 2, 3).reshape(B, -1, n_out, n_in)
+
+
+def channels_to_kernels(w: Tensor, kernel: tuple[int, ...]) -> Tensor:
+    """Inverse of :func:`kernels_to_channels` for kernel shape ``kernel``."""
+    if not kernel:
+        return w
+    B, _, n_out, n_in = w.shape
+    k = w.shape[1] // (kernel[0] * kernel[1])
+    return w.reshape(B, k, kernel[0] * kernel[1], n_out, n_in).permute(0, 1, 3, 4, 2).reshape(B, k, n_out, n_in, *kernel)
+
+
+def equivariant_activation(group: str) -> nn.Module:
+    """ReLU commutes with positive scalings; tanh (odd) commutes with sign flips."""
+    return nn.ReLU() if group == "scale" else nn.Tanh()
+
+
+class MonomialMixing(nn.Module):
+    """The Monomial-NFN linear map on flat features (kernels already folded into channels).
+
+    Args:
+        dims: ``(n_0, ..., n_L)``.
+        in_weight, in_bias, out_weight, out_bias: feature counts per layer (``F_l``, ``G_l``, ...).
+        sign: add the two sign-flip terms ``E`` and ``F``.
+
+    Shapes:
+        - input: ``weights[l]`` ``(B, F_l, n_{l+1}, n_l)``, ``biases[l]`` ``(B, G_l, n_{l+1})``
+        - output: the same with the ``out_*`` feature counts.
+    """
+
+    def __init__(self, dims: Sequence[int], in_weight: Sequence[int], in_bias: Sequence[int],
+                 out_weight: Sequence[int], out_bias: Sequence[int], sign: bool) -> None:
+        super().__init__()
+        L = len(dims) - 1
+        if L < 2:
+            raise ValueError(f"expected at least 2 weight layers, got {L}")
+        self.dims, self.sign = tuple(dims), sign
+        self.out_weight, self.out_bias = tuple(out_weight), tuple(out_bias)
+        n0, nL = dims[0], dims[-1]
+        self.first = nn.Linear(in_weight[0] * n0 + in_bias[0], out_weight[0] * n0 + out_bias[0], bias=False)
+        self.hidden_weight = nn.ParameterList(nn.Parameter(torch.empty(out_weight[l], in_weight[l]))
+                                              for l in range(1, L - 1))
+        self.hidden_bias = nn.ParameterList(nn.Parameter(torch.empty(out_bias[l], in_bias[l])) for l in range(1, L - 1))
+        self.last_weight = nn.Linear(in_weight[-1] * nL, out_weight[-1] * nL, bias=False)
+        self.last_bias = nn.Linear(in_bias[-1] * nL, out_bias[-1] * nL)
+        if sign:
+            self.sign_e = nn.Linear(in_bias[-2], out_weight[-1] * nL, bias=False)
+            self.sign_f = nn.Linear(in_weight[-1] * nL, out_bias[-2], bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for p in (*self.hidden_weight, *self.hidden_bias):
+            nn.init.kaiming_uniform_(p, a=5**0.5)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                m.reset_parameters()
+
+    def forward(self, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        L, B = len(self.dims) - 1, weights[0].shape[0]
+        out_w: list[Tensor] = [torch.empty(0)] * L
+        out_b: list[Tensor] = [torch.empty(0)] * L
+        # first layer: each row j (hidden unit of layer 1) with its bias is one feature vector
+        n0, n1 = self.dims[0], self.dims[1]
+        rows = torch.cat([weights[0].transpose(1, 2).reshape(B, n1, -1), biases[0].transpose(1, 2)], dim=2)
+        y = self.first(rows)
+        fo = self.out_weight[0] * n0
+        out_w[0] = y[..., :fo].reshape(B, n1, -1, n0).transpose(1, 2)
+        out_b[0] = y[..., fo:].transpose(1, 2)
+        for l in range(1, L - 1):
+            out_w[l] = torch.einsum("oc,bcjk->bojk", self.hidden_weight[l - 1], weights[l])
+            out_b[l] = torch.einsum("oc,bcj->boj", self.hidden_bias[l - 1], biases[l])
+        # last layer: each column k (hidden unit of layer L-1) is one feature vector
+        nL, nLm1 = self.dims[-1], self.dims[-2]
+        cols = weights[-1].permute(0, 3, 1, 2).reshape(B, nLm1, -1)
+        z = self.last_weight(cols)
+        if self.sign:
+            z = z + self.sign_e(biases[-2].transpose(1, 2))
+            out_b[-2] = out_b[-2] + self.sign_f(cols).transpose(1, 2)
+        out_w[-1] = z.reshape(B, nLm1, -1, nL).permute(0, 2, 3, 1)
+        out_b[-1] = self.last_bias(biases[-1].flatten(1)).reshape(B, -1, nL)
+        return out_w, out_b
+
+
+class MonomialLinear(nn.Module):
+    """Monomial-NFN equivariant linear layer ``WeightSpace(C_in) -> WeightSpace(C_out)``.
+
+    Args:
+        spec: architecture of the input networks (its activation picks scalings or sign flips).
+        in_channels, out_channels: feature channels.
+
+    Shapes:
+        - input: :class:`WeightSpace` with ``weights[l]`` ``(B, C_in, n_{l+1}, n_l[, kh, kw])``
+        - output: :class:`WeightSpace` with ``C_out`` channels.
+    """
+
+    def __init__(self, spec: WeightSpaceSpec, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.spec, self.in_channels, self.out_channels = spec, in_channels, out_channels
+        facs = [layer.filter_size for layer in spec.layers]
+        L = spec.num_layers
+        self.mixing = MonomialMixing(spec.dims, [in_channels * f for f in facs], [in_channels] * L,
+                                     [out_channels * f for f in facs], [out_channels] * L, spec.group == "sign")
+
+    def forward(self, ws: WeightSpace) -> WeightSpace:
+        if ws.channels != self.in_channels:
+            raise ValueError(f"expected {self.in_channels} input channels, got {ws.channels}")
+        out_w, out_b = self.mixing([kernels_to_channels(w) for w in ws.weights], ws.biases)
+        out_w = [channels_to_kernels(w, layer.kernel) for w, layer in zip(out_w, self.spec.layers, strict=True)]
+        return WeightSpace(out_w, out_b, ws.spec)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, dims={self.spec.dims}, group={self.spec.group!r}"
+
+
+class MonomialPool(nn.Module):
+    """Scale/sign-invariant pooling ``WeightSpace(C) -> (B, D)``.
+
+    Each entry's channel vector ``x`` (kernel positions included) becomes ``x / ||x||_2`` (positive
+    scalings) or ``|x|`` (sign flips), then ``a_c x_c + c_c``; then HNP-style means: the first weight over
+    rows, the last over columns, hidden weights and biases over all entries; the last bias is kept
+    (it is invariant already).
+    """
+
+    def __init__(self, spec: WeightSpaceSpec, channels: int) -> None:
+        super().__init__()
+        self.spec, self.channels = spec, channels
+        self.scale = nn.Parameter(torch.ones(2, channels))
+        self.shift = nn.Parameter(torch.zeros(2, channels))
+
+    @staticmethod
+    def num_outputs(spec: WeightSpaceSpec, channels: int) -> int:
+        facs = [layer.filter_size for layer in spec.layers]
+        n0, nL, L = spec.dims[0], spec.dims[-1], spec.num_layers
+        return channels * (facs[0] * n0 + sum(facs[1:-1]) + facs[-1] * nL + (L - 1) + nL)
+
+    def _invariant(self, x: Tensor, kind: int) -> Tensor:
+        if self.spec.group == "scale":
+            x = F.normalize(x.flatten(1, 2), dim=1, eps=1e-30).reshape(x.shape)
+        else:
+            x = x.abs()
+        shape = (1, self.channels, 1, *(1,) * (x.dim() - 3))
+        return x * self.scale[kind].view(shape) + self.shift[kind].view(shape)
+
+    def forward(self, ws: WeightSpace) -> Tensor:
+        L, out = ws.num_layers, []
+        for l, (w, b) in enumerate(zip(ws.weights, ws.biases, strict=True)):
+            w = self._invariant(kernels_to_channels(w).unflatten(1, (self.channels, -1)), 0)  # (B, C, k, o, i)
+            if l == 0:
+                out.append(w.mean(dim=3).flatten(1))
+            elif l == L - 1:
+                out.append(w.mean(dim=4).flatten(1))
+            else:
+                out.append(w.mean(dim=(3, 4)).flatten(1))
+            if l < L - 1:
+                out.append(self._invariant(b.unsqueeze(2), 1).mean(dim=(2, 3)))
+            else:
+                out.append(b.flatten(1))
+        return torch.cat(out, dim=1)
+
+
+def _head(in_features: int, hidden: int, out_features: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                         nn.Linear(hidden, out_features))
+
+
+class MonomialNFN(nn.Module):
+    """Invariant Monomial-NFN: equivariant layers, invariant pooling, MLP head.
+
+    Args:
+        spec: architecture of the input networks.
+        hidden_channels: channels of the equivariant layers.
+        head_hidden: width of the MLP head.
+        out_features: outputs per network (e.g. 1 logit for test-accuracy prediction).
+        in_channels: channels of the input weight space.
+
+    Shapes:
+        - input: :class:`WeightSpace` ``(B, in_channels, ...)``
+        - output: ``(B, out_features)``, invariant to :class:`~nfn_ext.MonomialGroupElement` actions.
+    """
+
+    def __init__(self, spec: WeightSpaceSpec, hidden_channels: Sequence[int] = (16, 16), head_hidden: int = 128,
+                 out_features: int = 1, in_channels: int = 1) -> None:
+        super().__init__()
+        channels = [in_channels, *hidden_channels]
+        self.layers = nn.ModuleList(MonomialLinear(spec, a, b) for a, b in zip(channels[:-1], channels[1:], strict=True))
+        self.activation = equivariant_activation(spec.group)
+        self.pool = MonomialPool(spec, channels[-1])
+        self.head = _head(MonomialPool.num_outputs(spec, channels[-1]), head_hidden, out_features)
+
+    def forward(self, ws: WeightSpace) -> Tensor:
+        for layer in self.layers:
+            ws = layer(ws).map(self.activation)
+        return self.head(self.pool(ws))
+
+
+class MonomialEquivariantNFN(nn.Module):
+    """Equivariant Monomial-NFN for editing weights: ``ws -> delta`` with ``delta(g . ws) = g . delta(ws)``.
+
+    Shapes:
+        - input: :class:`WeightSpace` ``(B, in_channels, ...)``
+        - output: :class:`WeightSpace` ``(B, out_channels, ...)``; e.g. ``ws + model(ws)`` edits a network.
+    """
+
+    def __init__(self, spec: WeightSpaceSpec, hidden_channels: Sequence[int] = (16, 16), in_channels: int = 1,
+                 out_channels: int = 1) -> None:
+        super().__init__()
+        channels = [in_channels, *hidden_channels, out_channels]
+        self.layers = nn.ModuleList(MonomialLinear(spec, a, b) for a, b in zip(channels[:-1], channels[1:], strict=True))
+        self.activation = equivariant_activation(spec.group)
+
+    def forward(self, ws: WeightSpace) -> WeightSpace:
+        for i, layer in enumerate(self.layers):
+            ws = layer(ws)
+            if i < len(self.layers) - 1:
+                ws = ws.map(self.activation)
+        return ws
