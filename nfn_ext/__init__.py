@@ -1,3 +1,25 @@
-"""nfn_ext: public API (filled in by its issue)."""
+"""nfn_ext: monomial-group equivariant neural functionals (Monomial-NFN, MAGEP-NFN) on top of ``nfn``.
 
-__all__: list[str] = []
+Weight spaces of MLPs/CNNs (:class:`WeightSpace`), the monomial group acting on them
+(:func:`random_group_element`), equivariant/invariant layers and models, a local model zoo
+(``python -m nfn_ext.zoo``) and an accuracy-prediction trainer (``python -m nfn_ext.train``).
+"""
+
+from .group import MonomialGroupElement, random_group_element
+from .magep import MAGEPNFN, MAGEPLinear
+from .monomial import MonomialEquivariantNFN, MonomialLinear, MonomialNFN, MonomialPool
+from .weight_space import LayerSpec, WeightSpace, WeightSpaceSpec
+
+__all__ = [
+    "MAGEPNFN",
+    "LayerSpec",
+    "MAGEPLinear",
+    "MonomialEquivariantNFN",
+    "MonomialGroupElement",
+    "MonomialLinear",
+    "MonomialNFN",
+    "MonomialPool",
+    "WeightSpace",
+    "WeightSpaceSpec",
+    "random_group_element",
+]
