@@ -1,3 +1,31 @@
-"""hf_mamba_refine: public API (filled in by its issue)."""
+"""hf_mamba_refine: diagnose the token dynamics of Hugging Face Mamba models and patch in two refinements.
 
-__all__: list[str] = []
+Based on "Demystifying the Token Dynamics of Deep Selective State Space Models" (Vo et al., ICLR 2025).
+"""
+
+from .classification import MambaForSequenceClassification
+from .patching import (
+    ProjectionReport,
+    find_mixers,
+    from_pretrained,
+    is_patched,
+    patch,
+    project_stable,
+    unpatch,
+)
+from .reorder import ImportanceReorder, soft_sort
+from .stable import SignDefiniteProjection
+
+__all__ = [
+    "ImportanceReorder",
+    "MambaForSequenceClassification",
+    "ProjectionReport",
+    "SignDefiniteProjection",
+    "find_mixers",
+    "from_pretrained",
+    "is_patched",
+    "patch",
+    "project_stable",
+    "soft_sort",
+    "unpatch",
+]

@@ -1,0 +1,254 @@
+"""Patch a transformers Mamba model in place with the two refinements, and undo or reload the patch.
+
+Where the patch acts (both the PyTorch path and the mamba-ssm kernel path of ``MambaMixer.forward``):
+
+- ``stable``: a ``torch.nn.utils.parametrize`` parametrisation of ``mixer.x_proj.weight``. Every path reads
+  that attribute (the fused ``mamba_inner_fn`` receives ``self.x_proj.weight``; the unfused path calls
+  ``self.x_proj``), so the constraint holds on all of them by construction.
+- ``reorder``: a forward pre-hook on ``mixer.x_proj``, whose input is the x branch after conv + SiLU +
+  padding mask; it overwrites that tensor in place with ``P @ x``, so both the projections (dt, B, C) and
+  the selective scan see the reordered tokens. The fused training kernel never calls ``x_proj``; a pre/post
+  hook pair on the mixer clears ``mixer.training`` during its forward, which is the only thing that selects
+  that kernel, so a reordering mixer takes the unfused path (still the mamba-ssm scan and causal-conv1d
+  kernels on CUDA).
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from transformers import AutoConfig, FalconMambaConfig, Mamba2Config, MambaForCausalLM, MambaModel
+from transformers.generation import GenerationMixin
+from transformers.models.mamba.modeling_mamba import MambaMixer
+
+from .classification import MambaForSequenceClassification
+from .reorder import ImportanceReorder
+from .stable import SignDefiniteProjection
+
+CONFIG_KEY = "mamba_refine"
+_HANDLES = "_mamba_refine_handles"
+_ARCHITECTURES = {
+    cls.__name__: cls for cls in (MambaModel, MambaForCausalLM, MambaForSequenceClassification)
+}
+
+
+def find_mixers(model: nn.Module) -> list[MambaMixer]:
+    """The ``MambaMixer`` modules of ``model`` in layer order; refuses other families and models."""
+    config = getattr(model, "config", None)
+    for other, name in ((FalconMambaConfig, "FalconMamba"), (Mamba2Config, "Mamba2")):
+        if isinstance(config, other):
+            raise ValueError(
+                f"{name} models are not supported by hf_mamba_refine (their mixers differ from MambaMixer); "
+                "expected a model built from a MambaConfig"
+            )
+    mixers = [module for module in model.modules() if isinstance(module, MambaMixer)]
+    if not mixers:
+        raise ValueError(f"expected a model containing transformers' MambaMixer, got {type(model).__name__}")
+    return sorted(mixers, key=lambda mixer: mixer.layer_idx)
+
+
+def is_patched(model: nn.Module) -> bool:
+    """Whether :func:`patch` has been applied to ``model`` (and not undone)."""
+    return hasattr(model, _HANDLES)
+
+
+def _select(mixers: list[MambaMixer], layers: Sequence[int] | None, what: str) -> list[MambaMixer]:
+    if layers is None:
+        return mixers
+    by_index = {mixer.layer_idx: mixer for mixer in mixers}
+    unknown = sorted(set(layers) - set(by_index))
+    if unknown:
+        raise ValueError(f"{what} must be layer indices in {sorted(by_index)}, got unknown {unknown}")
+    return [by_index[index] for index in sorted(set(layers))]
+
+
+def _reorder_hooks(mixer: MambaMixer) -> list[torch.utils.hooks.RemovableHandle]:
+    """Hooks that reorder the x branch of ``mixer`` (see the module docstring)."""
+
+    def reorder_x(x_proj: nn.Linear, args: tuple[torch.Tensor]) -> None:
+        (x,) = args
+        if x.shape[1] > 1:
+            reordered = mixer.token_reorder(x.clone(), x_proj.weight[: mixer.time_step_rank])
+            x.copy_(reordered)
+
+    def enter(module: MambaMixer, args: tuple, kwargs: dict[str, Any]) -> None:
+        mask = kwargs.get("attention_mask")
+        if mask is not None and not bool(mask.all()):
+            raise ValueError("token reordering expects unpadded batches (attention_mask all ones)")
+        module._mamba_refine_training = module.training
+        module.training = False
+
+    def leave(module: MambaMixer, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
+        module.training = module.__dict__.pop("_mamba_refine_training", module.training)
+
+    return [
+        mixer.x_proj.register_forward_pre_hook(reorder_x),
+        mixer.register_forward_pre_hook(enter, with_kwargs=True),
+        mixer.register_forward_hook(leave, with_kwargs=True, always_call=True),
+    ]
+
+
+def _refuse_generate(*args: Any, **kwargs: Any) -> None:
+    raise ValueError(
+        "generate() is disabled: this model reorders tokens inside its mixers (hf_mamba_refine "
+        "reorder=True), which mixes future tokens into past positions; unpatch(model) first"
+    )
+
+
+def patch(
+    model: nn.Module,
+    stable: bool = True,
+    reorder: bool = False,
+    *,
+    regime: str = "divergent",
+    d_min: float = 0.7,
+    stable_layers: Sequence[int] | None = None,
+    reorder_layers: Sequence[int] | None = None,
+    tau: float = 1.0,
+    hard: bool = False,
+    allow_causal_reorder: bool = False,
+) -> nn.Module:
+    """Apply the refinements to every (or the chosen) ``MambaMixer`` of ``model`` in place and return it.
+
+    Args:
+        model: ``MambaModel``, ``MambaForCausalLM``, ``MambaForSequenceClassification`` or any module whose
+            layers contain ``MambaMixer`` (a ``config`` attribute is needed to persist the options).
+        stable: constrain ``S_C^T S_B`` to be sign-definite (:class:`SignDefiniteProjection`); the current
+            weights are projected onto the constraint set.
+        reorder: add an :class:`ImportanceReorder` to the chosen mixers. Not causal: refused for generative
+            models unless ``allow_causal_reorder=True``, and ``generate()`` then raises.
+        regime: ``"divergent"`` (PSD, the refinement) or ``"convergent"`` (NSD, the ablation).
+        d_min: floor of the diagonal scale of the parametrisation.
+        stable_layers / reorder_layers: layer indices to patch (``None``: all).
+        tau / hard: SoftSort temperature and straight-through option.
+        allow_causal_reorder: accept ``reorder=True`` on a generative model (e.g. for bidirectional scoring).
+    """
+    mixers = find_mixers(model)
+    if is_patched(model) or any(
+        parametrize.is_parametrized(m.x_proj, "weight") or hasattr(m, "token_reorder") for m in mixers
+    ):
+        raise ValueError("model is already patched by hf_mamba_refine; call unpatch(model) first")
+    if reorder and isinstance(model, GenerationMixin) and not allow_causal_reorder:
+        raise ValueError(
+            f"reorder=True breaks causality and {type(model).__name__} is generative; use it for encoders "
+            "(e.g. MambaForSequenceClassification) or pass allow_causal_reorder=True to accept that"
+        )
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+    if stable:
+        for mixer in _select(mixers, stable_layers, "stable_layers"):
+            projection = SignDefiniteProjection(mixer.time_step_rank, mixer.ssm_state_size, regime, d_min)
+            parametrize.register_parametrization(mixer.x_proj, "weight", projection)
+    if reorder:
+        for mixer in _select(mixers, reorder_layers, "reorder_layers"):
+            mixer.token_reorder = ImportanceReorder(mixer.time_step_rank, tau, hard).to(mixer.x_proj.weight)
+            handles += _reorder_hooks(mixer)
+        if isinstance(model, GenerationMixin):
+            model.generate = _refuse_generate
+    setattr(model, _HANDLES, handles)
+    options = {
+        "stable": stable,
+        "reorder": reorder,
+        "regime": regime,
+        "d_min": d_min,
+        "stable_layers": None if stable_layers is None else sorted(set(stable_layers)),
+        "reorder_layers": None if reorder_layers is None else sorted(set(reorder_layers)),
+        "tau": tau,
+        "hard": hard,
+        "allow_causal_reorder": allow_causal_reorder,
+    }
+    if getattr(model, "config", None) is not None:
+        setattr(model.config, CONFIG_KEY, options)
+    return model
+
+
+def unpatch(model: nn.Module) -> nn.Module:
+    """Remove the patch in place; constrained weights are kept as plain weights, the scorers are dropped."""
+    if not is_patched(model):
+        raise ValueError("model is not patched by hf_mamba_refine")
+    for handle in getattr(model, _HANDLES):
+        handle.remove()
+    delattr(model, _HANDLES)
+    for mixer in find_mixers(model):
+        if parametrize.is_parametrized(mixer.x_proj, "weight"):
+            parametrize.remove_parametrizations(mixer.x_proj, "weight", leave_parametrized=True)
+        if hasattr(mixer, "token_reorder"):
+            del mixer.token_reorder
+    model.__dict__.pop("generate", None)
+    if getattr(model, "config", None) is not None and hasattr(model.config, CONFIG_KEY):
+        delattr(model.config, CONFIG_KEY)
+    return model
+
+
+@dataclass
+class ProjectionReport:
+    """How far :func:`project_stable` moved each layer: ``||W' - W||_F / ||W_{B,C}||_F`` (B and C rows)."""
+
+    layers: list[int] = field(default_factory=list)
+    relative_change: list[float] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        pairs = zip(self.layers, self.relative_change, strict=True)
+        rows = [f"| {layer} | {change:.4f} |" for layer, change in pairs]
+        return "\n".join(["| layer | relative change of [S_B; S_C] |", "|---|---|", *rows])
+
+
+@torch.no_grad()
+def project_stable(model: nn.Module, regime: str = "divergent", d_min: float = 0.7) -> ProjectionReport:
+    """Move every mixer's ``x_proj.weight`` to the Frobenius-closest weight of the constraint set, in place.
+
+    For pretrained models: afterwards ``patch(model, stable=True)`` with the same ``regime``/``d_min`` leaves
+    the outputs unchanged. Refuses a model whose weights are already parametrised.
+    """
+    report = ProjectionReport()
+    for mixer in find_mixers(model):
+        if parametrize.is_parametrized(mixer.x_proj, "weight"):
+            raise ValueError(f"layer {mixer.layer_idx} is already constrained by patch(stable=True)")
+        projection = SignDefiniteProjection(mixer.time_step_rank, mixer.ssm_state_size, regime, d_min)
+        weight = mixer.x_proj.weight
+        projected = projection(projection.right_inverse(weight))
+        block = weight[mixer.time_step_rank :]
+        report.layers.append(mixer.layer_idx)
+        report.relative_change.append(float((projected - weight).norm() / block.norm().clamp_min(1e-12)))
+        weight.copy_(projected)
+    return report
+
+
+def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    single = path / "model.safetensors"
+    if single.exists():
+        return load_file(single)
+    shards = sorted(path.glob("model-*.safetensors"))
+    if not shards:
+        raise ValueError(f"expected model.safetensors (or shards) in {path}")
+    return {key: value for shard in shards for key, value in load_file(shard).items()}
+
+
+def from_pretrained(path: str | Path, **config_overrides: Any) -> nn.Module:
+    """Load a model saved with ``save_pretrained`` from a local folder, re-applying a stored patch.
+
+    The class comes from ``config.architectures`` (``MambaModel``, ``MambaForCausalLM`` or
+    ``MambaForSequenceClassification``); ``config.mamba_refine`` holds the :func:`patch` options. The model is
+    built, patched, then loaded (the parametrisation's free tensors included), so outputs are identical.
+    """
+    path = Path(path)
+    config = AutoConfig.from_pretrained(path, **config_overrides)
+    names = getattr(config, "architectures", None) or ["MambaModel"]
+    if names[0] not in _ARCHITECTURES:
+        raise ValueError(f"expected one of {sorted(_ARCHITECTURES)} in config.architectures, got {names}")
+    model = _ARCHITECTURES[names[0]](config)
+    options = getattr(config, CONFIG_KEY, None)
+    if options:
+        patch(model, **options)
+    state = _load_state_dict(path)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or {})
+    if unexpected or set(missing) - tied:
+        raise ValueError(f"checkpoint in {path} does not match: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+    return model.eval()
