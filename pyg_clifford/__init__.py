@@ -1,3 +1,30 @@
-"""pyg_clifford: public API (filled in by its issue)."""
+"""pyg_clifford: Clifford-group equivariant graph networks for PyTorch Geometric.
 
-__all__: list[str] = []
+:class:`CliffordAlgebra` (geometric product as a signed gather), CGENN-style multivector layers,
+:class:`CGConv` with k-hop path messages (our CG-EGNN formulation), the :class:`CGEGNN` model, the
+:class:`KHopPaths` transform and the charged :class:`NBody` dataset.
+"""
+
+from .algebra import CliffordAlgebra
+from .conv import CGConv, path_geometry
+from .layers import CEMLP, MVGradeNorm, MVLayerNorm, MVLinear, MVSiLU, SteerableGeometricProduct
+from .model import CGEGNN
+from .nbody import NBody, simulate_charged
+from .transforms import KHopPaths, khop_paths
+
+__all__ = [
+    "CEMLP",
+    "CGConv",
+    "CGEGNN",
+    "CliffordAlgebra",
+    "KHopPaths",
+    "MVGradeNorm",
+    "MVLayerNorm",
+    "MVLinear",
+    "MVSiLU",
+    "NBody",
+    "SteerableGeometricProduct",
+    "khop_paths",
+    "path_geometry",
+    "simulate_charged",
+]

@@ -1,0 +1,110 @@
+"""CGEGNN: a stack of :class:`CGConv` layers with an equivariant position readout."""
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn import global_mean_pool
+from torch_geometric.utils import scatter
+
+from .algebra import CliffordAlgebra
+from .conv import CGConv
+from .layers import MVLinear
+
+
+class CGEGNN(nn.Module):
+    r"""Clifford-group E(n)-equivariant graph network with k-hop messages.
+
+    Node inputs are embedded as multivector channels: each node scalar (grade 0), the position centred on
+    its graph's mean :math:`x_i - \bar x` (grade 1) and, optionally, the velocity (grade 1); a grade-wise
+    linear map lifts them to ``hidden_channels``. Then ``num_layers`` residual updates
+    :math:`h \leftarrow h + \mathrm{CGConv}(h)` and a linear readout to ``1 + out_scalars`` channels:
+
+    .. math::
+        \hat x_i = x_i + \langle o_{i,0} \rangle_1, \qquad s_i = \langle o_{i,1:} \rangle_0, \qquad
+        s_G = \mathrm{mean}_{i \in G}\, s_i
+
+    :math:`\hat x` is E(n)-equivariant, :math:`s_i, s_G` are E(n)-invariant, and all are permutation
+    equivariant/invariant over nodes.
+
+    Args:
+        node_scalars (int): invariant node features per node (e.g. charge). (default: :obj:`1`)
+        edge_scalars (int): invariant edge features (e.g. :math:`q_i q_j`). (default: :obj:`1`)
+        hidden_channels (int): multivector channels. (default: :obj:`28`)
+        num_layers (int): number of :class:`CGConv` layers. (default: :obj:`4`)
+        hops (int): longest path order in each layer. (default: :obj:`1`)
+        out_scalars (int): invariant outputs per node / graph. (default: :obj:`0`)
+        use_velocity (bool): take a velocity vector per node. (default: :obj:`True`)
+        algebra (CliffordAlgebra, optional): default :math:`Cl(3, 0)`.
+        aggr (str): message aggregation. (default: :obj:`"mean"`)
+        mlp_layers (int): blocks per :class:`CEMLP`. (default: :obj:`1`)
+    """
+
+    def __init__(
+        self,
+        node_scalars: int = 1,
+        edge_scalars: int = 1,
+        hidden_channels: int = 28,
+        num_layers: int = 4,
+        hops: int = 1,
+        out_scalars: int = 0,
+        use_velocity: bool = True,
+        algebra: CliffordAlgebra | None = None,
+        aggr: str = "mean",
+        mlp_layers: int = 1,
+    ) -> None:
+        super().__init__()
+        self.algebra = algebra if algebra is not None else CliffordAlgebra((1.0, 1.0, 1.0))
+        self.node_scalars, self.edge_scalars, self.out_scalars = node_scalars, edge_scalars, out_scalars
+        self.use_velocity, self.hops = use_velocity, hops
+        in_channels = node_scalars + 1 + int(use_velocity)
+        self.embedding = MVLinear(in_channels, hidden_channels, self.algebra)
+        self.convs = nn.ModuleList(
+            CGConv(hidden_channels, hidden_channels, self.algebra, hops, aggr, edge_scalars, mlp_layers=mlp_layers)
+            for _ in range(num_layers)
+        )
+        self.readout = MVLinear(hidden_channels, 1 + out_scalars, self.algebra)
+
+    def reset_parameters(self) -> None:
+        self.embedding.reset_parameters()
+        for conv in self.convs:
+            conv.reset_parameters()
+        self.readout.reset_parameters()
+
+    def forward(
+        self,
+        pos: Tensor,
+        edge_index: Tensor,
+        vel: Tensor | None = None,
+        node_attr: Tensor | None = None,
+        edge_attr: Tensor | None = None,
+        batch: Tensor | None = None,
+        paths: Sequence[Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        r"""Returns predicted positions ``[N, n]``, node invariants ``[N, out_scalars]`` and graph invariants
+        ``[B, out_scalars]``. Inputs: ``pos, vel [N, n]``, ``node_attr [N, node_scalars]``,
+        ``edge_attr [E, edge_scalars]``, ``batch [N]``, ``paths`` as in :class:`CGConv`."""
+        n = self.algebra.dim
+        if pos.dim() != 2 or pos.size(1) != n:
+            raise ValueError(f"Expected pos of shape [num_nodes, {n}], got {tuple(pos.shape)}")
+        num_nodes = pos.size(0)
+        if batch is None:
+            batch = pos.new_zeros(num_nodes, dtype=torch.long)
+        centred = pos - scatter(pos, batch, dim=0, reduce="mean")[batch]
+        channels = []
+        if self.node_scalars:
+            if node_attr is None or node_attr.shape != (num_nodes, self.node_scalars):
+                shape = None if node_attr is None else tuple(node_attr.shape)
+                raise ValueError(f"Expected node_attr of shape [{num_nodes}, {self.node_scalars}], got {shape}")
+            channels.append(self.algebra.embed_scalar(node_attr))
+        channels.append(self.algebra.embed_vector(centred).unsqueeze(1))
+        if self.use_velocity:
+            if vel is None or vel.shape != pos.shape:
+                raise ValueError(f"Expected vel of shape {tuple(pos.shape)}, got {None if vel is None else tuple(vel.shape)}")
+            channels.append(self.algebra.embed_vector(vel).unsqueeze(1))
+        h = self.embedding(torch.cat(channels, dim=1))
+        for conv in self.convs:
+            h = h + conv(h, edge_index, pos=pos, edge_attr=edge_attr, paths=paths)
+        out = self.readout(h)
+        node_out = out[:, 1:, 0]
+        return pos + self.algebra.extract(out[:, 0], 1), node_out, global_mean_pool(node_out, batch)
