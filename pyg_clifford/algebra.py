@@ -21,7 +21,8 @@ def _reorder_sign(left: np.ndarray, right: np.ndarray) -> np.ndarray:
 
 class CliffordAlgebra(nn.Module):
     r"""The Clifford algebra of a diagonal metric :math:`\mathrm{diag}(m_1, \ldots, m_n)`, e.g.
-    ``(1, 1, 1)`` for :math:`Cl(3, 0)` or ``(1, -1, -1, -1)`` for :math:`Cl(1, 3)`; zeros give null directions.
+    ``(1, 1, 1)`` for :math:`Cl(3, 0)` or ``(1, -1, -1, -1)`` for :math:`Cl(1, 3)`; zeros give null
+    directions.
 
     Multivectors are tensors of shape ``[..., 2**n]`` whose last axis holds the coefficients of the basis
     blades, ordered by grade and then lexicographically (for :math:`n = 3`:
@@ -80,7 +81,9 @@ class CliffordAlgebra(nn.Module):
         self.register_buffer("reverse_sign", (-1.0) ** (g * (g - 1) // 2), persistent=False)
         self.register_buffer("involute_sign", (-1.0) ** g, persistent=False)
         self.register_buffer("conjugate_sign", (-1.0) ** (g * (g + 1) // 2), persistent=False)
-        self.grade_slices = [slice(int((grades < k).sum()), int((grades <= k).sum())) for k in range(self.dim + 1)]
+        self.grade_slices = [
+            slice(int((grades < k).sum()), int((grades <= k).sum())) for k in range(self.dim + 1)
+        ]
 
     def extra_repr(self) -> str:
         return f"metric={self.metric}"
@@ -142,7 +145,8 @@ class CliffordAlgebra(nn.Module):
         return out.index_add_(-1, self.blade_grades, per_blade)
 
     def grade_norms(self, x: Tensor, eps: float = 1e-12) -> Tensor:
-        r"""Per-grade norms :math:`\sqrt{|q(\langle x \rangle_g)| + \epsilon}`: ``[..., 2**n] -> [..., n + 1]``."""
+        r"""Per-grade norms :math:`\sqrt{|q(\langle x \rangle_g)| + \epsilon}`,
+        ``[..., 2**n] -> [..., n + 1]``."""
         return (self.grade_quadratic_forms(x).abs() + eps).sqrt()
 
     def norm(self, x: Tensor, eps: float = 1e-12) -> Tensor:
@@ -152,7 +156,9 @@ class CliffordAlgebra(nn.Module):
     def expand_grades(self, per_grade: Tensor) -> Tensor:
         """Repeat per-grade values ``[..., n + 1]`` over the blades of each grade: ``[..., 2**n]``."""
         if per_grade.size(-1) != self.num_grades:
-            raise ValueError(f"Expected [..., {self.num_grades}] per-grade values, got {tuple(per_grade.shape)}")
+            raise ValueError(
+                f"Expected [..., {self.num_grades}] per-grade values, got {tuple(per_grade.shape)}"
+            )
         return per_grade[..., self.blade_grades]
 
     def embed(self, values: Tensor, grade: int) -> Tensor:
@@ -160,7 +166,9 @@ class CliffordAlgebra(nn.Module):
         block = self.grade_slices[grade]
         width = block.stop - block.start
         if values.size(-1) != width:
-            raise ValueError(f"Expected [..., {width}] coefficients for grade {grade}, got {tuple(values.shape)}")
+            raise ValueError(
+                f"Expected [..., {width}] coefficients for grade {grade}, got {tuple(values.shape)}"
+            )
         out = values.new_zeros(*values.shape[:-1], self.num_blades)
         out[..., block] = values
         return out
@@ -203,7 +211,9 @@ class CliffordAlgebra(nn.Module):
         r"""A versor (product of at most ``n`` unit vectors) whose action on vectors is ``matrix``
         (Householder factorisation), for a Euclidean metric: :math:`\rho(v)(x) = R x` on grade 1."""
         if matrix.shape != (self.dim, self.dim):
-            raise ValueError(f"Expected an orthogonal matrix of shape ({self.dim}, {self.dim}), got {tuple(matrix.shape)}")
+            raise ValueError(
+                f"Expected an orthogonal matrix of shape ({self.dim}, {self.dim}), got {tuple(matrix.shape)}"
+            )
         if any(m != 1.0 for m in self.metric):
             raise ValueError(f"versor_from_orthogonal needs a Euclidean metric, got {self.metric}")
         eye = torch.eye(self.dim, dtype=matrix.dtype, device=matrix.device)

@@ -16,7 +16,8 @@ def path_geometry(pos: Tensor, path: Tensor, algebra: CliffordAlgebra) -> Tensor
 
     With :math:`r_t = x_{p_{t-1}} - x_{p_t}` embedded as vectors, returns every contiguous product
     :math:`r_s r_{s+1} \cdots r_t` (:math:`1 \le s \le t \le k`): for ``k = 2`` the channels
-    :math:`r_1, r_2, r_1 r_2` (:math:`r_1 r_2` = scalar :math:`r_1 \cdot r_2` + bivector :math:`r_1 \wedge r_2`),
+    :math:`r_1, r_2, r_1 r_2` 
+    (:math:`r_1 r_2` = scalar :math:`r_1 \cdot r_2` + bivector :math:`r_1 \wedge r_2`),
     for ``k = 3`` also :math:`r_2 r_3` and :math:`r_1 r_2 r_3` (with the trivector, an oriented volume).
 
     Shapes: ``pos [N, n]``, ``path [k + 1, P]`` -> ``[P, k (k + 1) / 2, 2**n]``.
@@ -69,7 +70,8 @@ class CGConv(MessagePassing):
             :func:`~pyg_clifford.transforms.khop_paths`). (default: :obj:`"walk"`)
 
     Shapes:
-        - **input:** node features :math:`(|\mathcal{V}|, C_{in}, 2^n)`, edge indices :math:`(2, |\mathcal{E}|)`,
+        - **input:** node features :math:`(|\mathcal{V}|, C_{in}, 2^n)`,
+          edge indices :math:`(2, |\mathcal{E}|)`,
           positions :math:`(|\mathcal{V}|, n)` (optional; missing positions give zero geometric channels),
           edge attributes (optional), paths ``[path2_index, path3_index, ...]`` of shapes
           :math:`(k + 1, P_k)` (optional; enumerated on the fly when missing, see :class:`KHopPaths`)
@@ -123,20 +125,29 @@ class CGConv(MessagePassing):
     ) -> Tensor:
         num_nodes, blades = x.size(0), self.algebra.num_blades
         if x.dim() != 3 or x.shape[1:] != (self.in_channels, blades):
-            raise ValueError(f"Expected x of shape [num_nodes, {self.in_channels}, {blades}], got {tuple(x.shape)}")
+            raise ValueError(
+                f"Expected x of shape [num_nodes, {self.in_channels}, {blades}], got {tuple(x.shape)}"
+            )
         check_edge_index(edge_index, num_nodes)
         if pos is not None and pos.shape != (num_nodes, self.algebra.dim):
-            raise ValueError(f"Expected pos of shape [{num_nodes}, {self.algebra.dim}], got {tuple(pos.shape)}")
+            raise ValueError(
+                f"Expected pos of shape [{num_nodes}, {self.algebra.dim}], got {tuple(pos.shape)}"
+            )
         edge_mv = self._edge_multivectors(edge_attr, edge_index.size(1))
         if paths is None:
             paths = khop_paths(edge_index, num_nodes, self.hops, self.path_mode) if self.hops > 1 else []
         if len(paths) < self.hops - 1:
-            raise ValueError(f"Expected {self.hops - 1} path tensors (path2_index..path{self.hops}_index), got {len(paths)}")
+            raise ValueError(
+                f"Expected {self.hops - 1} path tensors (path2_index..path{self.hops}_index), "
+                f"got {len(paths)}"
+            )
         all_paths = [edge_index.flip(0), *paths[: self.hops - 1]]
         aggregates = []
         for order, path in enumerate(all_paths, start=1):  # loop over hop orders; each is vectorised
             if path.dim() != 2 or path.size(0) != order + 1:
-                raise ValueError(f"Expected path{order}_index of shape [{order + 1}, num_paths], got {tuple(path.shape)}")
+                raise ValueError(
+                    f"Expected path{order}_index of shape [{order + 1}, num_paths], got {tuple(path.shape)}"
+                )
             check_edge_index(path[[0, -1]], num_nodes, f"path{order}_index")
             inputs = self._path_inputs(x, pos, path, edge_mv if order == 1 else None)
             aggregates.append(
@@ -154,7 +165,9 @@ class CGConv(MessagePassing):
             return None
         blades = self.algebra.num_blades
         if edge_attr is None:
-            raise ValueError(f"Expected edge_attr of shape [{num_edges}, {self.edge_channels}(, {blades})], got None")
+            raise ValueError(
+                f"Expected edge_attr of shape [{num_edges}, {self.edge_channels}(, {blades})], got None"
+            )
         if edge_attr.shape == (num_edges, self.edge_channels):
             return self.algebra.embed_scalar(edge_attr)
         if edge_attr.shape == (num_edges, self.edge_channels, blades):
@@ -176,4 +189,5 @@ class CGConv(MessagePassing):
         return torch.cat(parts, dim=1)
 
     def __repr__(self) -> str:
-        return f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, hops={self.hops}, aggr={self.aggr})"
+        name = self.__class__.__name__
+        return f"{name}({self.in_channels}, {self.out_channels}, hops={self.hops}, aggr={self.aggr})"

@@ -29,7 +29,9 @@ class MVLinear(nn.Module):
         - **output:** :math:`(*, C_{out}, 2^n)`
     """
 
-    def __init__(self, in_channels: int, out_channels: int, algebra: CliffordAlgebra, bias: bool = True) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, algebra: CliffordAlgebra, bias: bool = True
+    ) -> None:
         super().__init__()
         self.in_channels, self.out_channels, self.algebra = in_channels, out_channels, algebra
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, algebra.num_grades))
@@ -45,7 +47,8 @@ class MVLinear(nn.Module):
         self.algebra.check(x)
         if x.dim() < 2 or x.size(-2) != self.in_channels:
             raise ValueError(
-                f"Expected input of shape [..., {self.in_channels}, {self.algebra.num_blades}], got {tuple(x.shape)}"
+                f"Expected input of shape [..., {self.in_channels}, {self.algebra.num_blades}], "
+                f"got {tuple(x.shape)}"
             )
         out = torch.einsum("...mi,cmi->...ci", x, self.algebra.expand_grades(self.weight))
         if self.bias is not None:
@@ -126,7 +129,9 @@ class SteerableGeometricProduct(nn.Module):
         super().__init__()
         self.channels, self.algebra = channels, algebra
         g = algebra.blade_grades
-        triplets = (g[:, None] * algebra.num_grades + g[None, :]) * algebra.num_grades + g[algebra.right_index]
+        triplets = (g[:, None] * algebra.num_grades + g[None, :]) * algebra.num_grades + g[
+            algebra.right_index
+        ]
         unique, index = torch.unique(triplets, return_inverse=True)
         self.register_buffer("triplet_index", index, persistent=False)
         self.num_triplets = unique.numel()
@@ -209,4 +214,3 @@ class CEMLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
-

@@ -60,7 +60,15 @@ class CGEGNN(nn.Module):
         in_channels = node_scalars + 1 + int(use_velocity)
         self.embedding = MVLinear(in_channels, hidden_channels, self.algebra)
         self.convs = nn.ModuleList(
-            CGConv(hidden_channels, hidden_channels, self.algebra, hops, aggr, edge_scalars, mlp_layers=mlp_layers)
+            CGConv(
+                hidden_channels,
+                hidden_channels,
+                self.algebra,
+                hops,
+                aggr,
+                edge_scalars,
+                mlp_layers=mlp_layers,
+            )
             for _ in range(num_layers)
         )
         self.readout = MVLinear(hidden_channels, 1 + out_scalars, self.algebra)
@@ -95,12 +103,17 @@ class CGEGNN(nn.Module):
         if self.node_scalars:
             if node_attr is None or node_attr.shape != (num_nodes, self.node_scalars):
                 shape = None if node_attr is None else tuple(node_attr.shape)
-                raise ValueError(f"Expected node_attr of shape [{num_nodes}, {self.node_scalars}], got {shape}")
+                raise ValueError(
+                    f"Expected node_attr of shape [{num_nodes}, {self.node_scalars}], got {shape}"
+                )
             channels.append(self.algebra.embed_scalar(node_attr))
         channels.append(self.algebra.embed_vector(centred).unsqueeze(1))
         if self.use_velocity:
             if vel is None or vel.shape != pos.shape:
-                raise ValueError(f"Expected vel of shape {tuple(pos.shape)}, got {None if vel is None else tuple(vel.shape)}")
+                raise ValueError(
+                    f"Expected vel of shape {tuple(pos.shape)}, "
+                    f"got {None if vel is None else tuple(vel.shape)}"
+                )
             channels.append(self.algebra.embed_vector(vel).unsqueeze(1))
         h = self.embedding(torch.cat(channels, dim=1))
         for conv in self.convs:

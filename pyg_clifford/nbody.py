@@ -1,4 +1,4 @@
-"""The charged n-body system of EGNN (Satorras et al., 2021), generated on the fly and cached under ``root``."""
+"""The charged n-body system of EGNN (Satorras et al., 2021), simulated and cached under ``root``."""
 
 import os.path as osp
 from collections.abc import Callable
@@ -11,7 +11,8 @@ from tqdm.auto import tqdm
 
 def coulomb_forces(loc: np.ndarray, charges: np.ndarray, max_force: float = 100.0) -> np.ndarray:
     r"""Forces :math:`F_i = \sum_{j \ne i} q_i q_j (x_i - x_j) / |x_i - x_j|^3` (like charges repel),
-    each component clipped to :math:`\pm` ``max_force``. ``loc [S, N, d]``, ``charges [S, N]`` -> ``[S, N, d]``."""
+    each component clipped to :math:`\pm` ``max_force``.
+    ``loc [S, N, d]``, ``charges [S, N]`` -> ``[S, N, d]``."""
     diff = loc[:, :, None, :] - loc[:, None, :, :]
     dist2 = (diff**2).sum(-1)
     num = loc.shape[1]
@@ -140,7 +141,12 @@ class NBody(InMemoryDataset):
         for split, path in zip(self.splits, self.processed_paths, strict=True):
             stop = start + self.sizes[split]
             data_list = [
-                nbody_graph(locs[s, self.input_frame], vels[s, self.input_frame], locs[s, self.target_frame], charges[s])
+                nbody_graph(
+                    locs[s, self.input_frame],
+                    vels[s, self.input_frame],
+                    locs[s, self.target_frame],
+                    charges[s],
+                )
                 for s in range(start, stop)
             ]
             if self.pre_transform is not None:

@@ -51,7 +51,9 @@ def khop_paths(edge_index: Tensor, num_nodes: int, hops: int, mode: str = "walk"
     ptr[1:] = torch.cumsum(torch.bincount(edge_index[1], minlength=num_nodes), 0)
 
     paths = edge_index.flip(0)  # rows (receiver, sender)
-    closer = torch.cat([torch.arange(num_nodes, device=edge_index.device) * (num_nodes + 1), _pair_key(paths, num_nodes)])
+    closer = torch.cat(
+        [torch.arange(num_nodes, device=edge_index.device) * (num_nodes + 1), _pair_key(paths, num_nodes)]
+    )
     out = []
     for _ in range(2, hops + 1):  # a loop over hop orders, each step vectorised over all paths
         paths = _extend_paths(paths, sources, ptr)
@@ -71,7 +73,9 @@ def check_edge_index(edge_index: Tensor, num_nodes: int, name: str = "edge_index
     """Raise a ``ValueError`` unless ``edge_index`` is a ``[2, E]`` integer tensor with entries in
     ``[0, num_nodes)``."""
     if edge_index.dim() != 2 or edge_index.size(0) != 2 or edge_index.is_floating_point():
-        raise ValueError(f"Expected {name} of shape [2, num_edges] with integer entries, got {tuple(edge_index.shape)}")
+        raise ValueError(
+            f"Expected {name} of shape [2, num_edges] with integer entries, got {tuple(edge_index.shape)}"
+        )
     if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):
         raise ValueError(
             f"Expected {name} entries in [0, {num_nodes}) for {num_nodes} nodes, "
