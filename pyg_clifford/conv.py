@@ -16,7 +16,7 @@ def path_geometry(pos: Tensor, path: Tensor, algebra: CliffordAlgebra) -> Tensor
 
     With :math:`r_t = x_{p_{t-1}} - x_{p_t}` embedded as vectors, returns every contiguous product
     :math:`r_s r_{s+1} \cdots r_t` (:math:`1 \le s \le t \le k`): for ``k = 2`` the channels
-    :math:`r_1, r_2, r_1 r_2` 
+    :math:`r_1, r_2, r_1 r_2`
     (:math:`r_1 r_2` = scalar :math:`r_1 \cdot r_2` + bivector :math:`r_1 \wedge r_2`),
     for ``k = 3`` also :math:`r_2 r_3` and :math:`r_1 r_2 r_3` (with the trivector, an oriented volume).
 
