@@ -1,0 +1,163 @@
+"""Registration in timm and in-place conversion of built models.
+
+``register()`` (run on ``import timm_robust_attn``; idempotent) does two things:
+
+1. adds ``"kde"``, ``"rkde"``, ``"spkde"`` and ``"mom"`` to ``timm.models.vision_transformer.ATTN_LAYERS``, so
+   ``timm.create_model("vit_tiny_patch16_224", attn_layer="rkde")`` works for every ``VisionTransformer``
+   (``vit_*``, ``deit_*``);
+2. lets ``VisionTransformer`` take ``attn=<name>`` and ``attn_kwargs={...}`` (e.g. through ``create_model``):
+   they are turned into ``attn_layer=attention_class(name, **attn_kwargs)`` before timm's own constructor
+   runs.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from timm.layers import Attention
+from timm.models import vision_transformer
+from torch import nn
+
+from .attention import KDEAttention, MoMAttention, RKDEAttention, SPKDEAttention
+
+__all__ = ["ROBUST_ATTN_LAYERS", "attention_class", "convert_attention", "register"]
+
+ROBUST_ATTN_LAYERS: dict[str, type[Attention]] = {
+    "kde": KDEAttention,
+    "rkde": RKDEAttention,
+    "spkde": SPKDEAttention,
+    "mom": MoMAttention,
+}
+SOFTMAX_NAMES = ("attn", "softmax")
+UNSUPPORTED_FAMILIES = "eva, beit, swin, cait, xcit, levit, twins, pvt_v2, mvitv2, efficientformer, vitamin"
+
+
+def _freeze(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+@functools.cache
+def _configured(name: str, options: tuple[tuple[str, Any], ...]) -> type[Attention]:
+    base = ROBUST_ATTN_LAYERS[name]
+    defaults = dict(options)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: N807
+        base.__init__(self, *args, **{**defaults, **kwargs})
+
+    doc = f"{base.__name__} with defaults {defaults}.\n\n{base.__doc__}"
+    return type(base.__name__, (base,), {"__init__": __init__, "__doc__": doc, "__module__": base.__module__,
+                                         "__qualname__": f"{base.__name__}[{name}]"})
+
+
+def attention_class(name: str, **options: Any) -> type[Attention]:
+    """The attention class for ``name`` (``"kde"``, ``"rkde"``, ``"spkde"``, ``"mom"``, or ``"attn"`` for
+    timm's softmax ``Attention``), with ``options`` bound as constructor defaults.
+
+    The same ``(name, options)`` returns the same class. Options are validated now, on a 1-head probe.
+    """
+    if name in SOFTMAX_NAMES:
+        if options:
+            raise ValueError(f"timm's softmax Attention takes no robust options, got {sorted(options)}")
+        return Attention
+    if name not in ROBUST_ATTN_LAYERS:
+        allowed = sorted(ROBUST_ATTN_LAYERS) + list(SOFTMAX_NAMES)
+        raise ValueError(f"unknown attention {name!r}; expected one of {allowed}")
+    if not options:
+        return ROBUST_ATTN_LAYERS[name]
+    try:
+        ROBUST_ATTN_LAYERS[name](8, num_heads=1, device="meta", **options)
+    except TypeError as err:
+        raise ValueError(f"bad option for {name!r} attention: {err}") from err
+    return _configured(name, tuple(sorted((k, _freeze(v)) for k, v in options.items())))
+
+
+def _vit_init_with_attn(init):
+    """Wrap ``VisionTransformer.__init__`` so that ``attn=`` / ``attn_kwargs=`` select a robust attention."""
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, attn: str | None = None, attn_kwargs: dict[str, Any] | None = None,
+                 **kwargs: Any) -> None:
+        if attn is not None or attn_kwargs:
+            layer = kwargs.get("attn_layer")
+            name = attn if attn is not None else layer if isinstance(layer, str) else None
+            if name is None:
+                raise ValueError("attn_kwargs needs attn=<name> or attn_layer=<name> naming one of "
+                                 f"{sorted(ROBUST_ATTN_LAYERS)}")
+            kwargs["attn_layer"] = attention_class(name, **(attn_kwargs or {}))
+        init(self, *args, **kwargs)
+
+    __init__.__timm_robust_attn__ = True
+    return __init__
+
+
+def register() -> None:
+    """Register the robust attentions in timm (idempotent); see the module docstring."""
+    vision_transformer.ATTN_LAYERS.update(ROBUST_ATTN_LAYERS)
+    cls = vision_transformer.VisionTransformer
+    if not getattr(cls.__init__, "__timm_robust_attn__", False):
+        cls.__init__ = _vit_init_with_attn(cls.__init__)
+
+
+def _convertible(module: nn.Module) -> bool:
+    return type(module) is Attention or isinstance(module, KDEAttention)
+
+
+def _rebuild(module: Attention, cls: type[Attention]) -> Attention:
+    """A ``cls`` instance that shares every submodule (so every parameter) of ``module``."""
+    norm = module.q_norm if not isinstance(module.q_norm, nn.Identity) else module.norm
+    new = cls(
+        module.qkv.in_features,
+        num_heads=module.num_heads,
+        attn_head_dim=module.head_dim,
+        dim_out=module.proj.out_features,
+        qkv_bias=module.qkv.bias is not None,
+        qk_norm=not isinstance(module.q_norm, nn.Identity),
+        scale_norm=not isinstance(module.norm, nn.Identity),
+        proj_bias=module.proj.bias is not None,
+        attn_drop=module.attn_drop.p,
+        proj_drop=module.proj_drop.p,
+        norm_layer=type(norm) if not isinstance(norm, nn.Identity) else None,
+        device="meta",
+        **({"gated": True} if getattr(module, "gate", None) is not None else {}),
+    )
+    for child_name, child in module.named_children():
+        setattr(new, child_name, child)
+    new.fused_attn = module.fused_attn
+    new.train(module.training)
+    return new
+
+
+def convert_attention(model: nn.Module, name: str, **options: Any) -> nn.Module:
+    """Swap, in place, every timm ``Attention`` (or robust attention) of ``model`` for ``name``, keeping
+    the weights.
+
+    ``name="attn"`` (or ``"softmax"``) restores timm's ``Attention``. Parameters are shared, not copied, so
+    optimiser state and tied weights survive.
+
+    Args:
+        model: A built timm model whose self-attention is ``timm.layers.Attention`` (``vit_*``, ``deit_*``).
+        name: ``"kde"``, ``"rkde"``, ``"spkde"``, ``"mom"``, ``"attn"`` or ``"softmax"``.
+        **options: Options of the target class (e.g. ``loss="hampel", iterations=2``).
+
+    Returns:
+        ``model`` itself.
+
+    Raises:
+        ValueError: On an unknown name or option, or a model with no convertible attention (families with
+            their own attention classes: eva, beit, swin, ...).
+    """
+    cls = attention_class(name, **options)
+    targets = [(n, m) for n, m in model.named_modules() if n and _convertible(m)]
+    if not targets:
+        own = sorted({type(m).__name__ for m in model.modules() if "Attention" in type(m).__name__})
+        raise ValueError(
+            f"{type(model).__name__} has no timm.layers.Attention to convert (found {own or 'none'}); "
+            "convert_attention supports models built on VisionTransformer (vit_*, deit_*, ...). Families "
+            f"with their own attention classes ({UNSUPPORTED_FAMILIES}) are not supported.")
+    for module_name, module in targets:
+        parent_name, _, child_name = module_name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child_name, _rebuild(module, cls))
+    return model
+
