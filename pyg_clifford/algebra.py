@@ -196,8 +196,9 @@ class CliffordAlgebra(nn.Module):
         return self.reverse(v) / self.quadratic_form(v).unsqueeze(-1)
 
     def versor_action(self, v: Tensor, x: Tensor) -> Tensor:
-        r"""Twisted conjugation :math:`\rho(v)(x) = \alpha(v)\, x\, v^{-1}` on the even part and
-        :math:`v\, x\, v^{-1}` on the odd part with the parity of :math:`v` (CGENN's action).
+        r"""Twisted conjugation (CGENN's action)
+        :math:`\rho(v)(x) = v\, x^{[0]}\, v^{-1} + \alpha(v)\, x^{[1]}\, v^{-1}`, with :math:`x^{[0]}, x^{[1]}`
+        the even and odd parts of :math:`x`.
 
         For a product of ``k`` vectors this is the outermorphism of the orthogonal map that is the
         composition of the ``k`` reflections; it is an algebra automorphism. ``v``: ``[2**n]`` or
@@ -205,7 +206,9 @@ class CliffordAlgebra(nn.Module):
         """
         self.check(v, "versor")
         self.check(x)
-        return self.geometric_product(self.geometric_product(self.involute(v), x), self.inverse_versor(v))
+        even = x * (self.involute_sign > 0).to(x.dtype)
+        left = self.geometric_product(v, even) + self.geometric_product(self.involute(v), x - even)
+        return self.geometric_product(left, self.inverse_versor(v))
 
     def versor_from_orthogonal(self, matrix: Tensor) -> Tensor:
         r"""A versor (product of at most ``n`` unit vectors) whose action on vectors is ``matrix``

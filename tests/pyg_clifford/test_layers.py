@@ -1,0 +1,110 @@
+"""Every multivector layer commutes with the Clifford-group action (rotations and reflections)."""
+
+import pytest
+import torch
+from torch import nn
+
+from pyg_clifford import (
+    CEMLP,
+    CliffordAlgebra,
+    MVGradeNorm,
+    MVLayerNorm,
+    MVLinear,
+    MVSiLU,
+    SteerableGeometricProduct,
+)
+
+from .group import random_orthogonal, random_versor
+
+CHANNELS = 5
+
+
+def build(kind: str, algebra: CliffordAlgebra) -> nn.Module:
+    layers = {
+        "linear": lambda: MVLinear(CHANNELS, 3, algebra),
+        "silu": lambda: MVSiLU(CHANNELS, algebra),
+        "gradenorm": lambda: MVGradeNorm(CHANNELS, algebra),
+        "gp": lambda: SteerableGeometricProduct(CHANNELS, algebra),
+        "layernorm": lambda: MVLayerNorm(CHANNELS, algebra),
+        "cemlp": lambda: CEMLP(CHANNELS, 6, 4, algebra, num_layers=2),
+    }
+    layer = layers[kind]().double()
+    with torch.no_grad():  # move every parameter away from its initial value so that no weight is trivial
+        for p in layer.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return layer
+
+
+def versors(algebra: CliffordAlgebra, generator: torch.Generator) -> list[torch.Tensor]:
+    if all(m == 1.0 for m in algebra.metric):
+        return [
+            algebra.versor_from_orthogonal(random_orthogonal(algebra.dim, generator, reflect))
+            for reflect in (False, True)
+        ]
+    return [random_versor(algebra, generator, k) for k in (2, 3)]
+
+
+def assert_equivariant(layer: nn.Module, algebra: CliffordAlgebra, generator: torch.Generator) -> None:
+    x = torch.randn(7, CHANNELS, algebra.num_blades, dtype=torch.float64, generator=generator)
+    out = layer(x)
+    assert out.abs().max() > 1e-3
+    for versor in versors(algebra, generator):
+        torch.testing.assert_close(
+            layer(algebra.versor_action(versor, x)), algebra.versor_action(versor, out), atol=1e-5, rtol=1e-5
+        )
+
+
+@pytest.mark.parametrize("kind", ["linear", "silu", "gradenorm", "gp", "layernorm", "cemlp"])
+@pytest.mark.parametrize("metric", [(1.0, 1.0, 1.0), (1.0, 1.0), (1.0, -1.0, -1.0, -1.0)])
+def test_layers_are_equivariant(kind: str, metric: tuple[float, ...]) -> None:
+    algebra = CliffordAlgebra(metric).double()
+    generator = torch.Generator().manual_seed(len(metric))
+    assert_equivariant(build(kind, algebra), algebra, generator)
+
+
+class BladewiseLinear(nn.Module):
+    """A channel mix with one weight per blade (not per grade): not equivariant."""
+
+    def __init__(self, algebra: CliffordAlgebra) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(CHANNELS, CHANNELS, algebra.num_blades, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("...mi,cmi->...ci", x, self.weight)
+
+
+def test_equivariance_check_detects_a_broken_layer() -> None:
+    algebra = CliffordAlgebra((1.0, 1.0, 1.0)).double()
+    with pytest.raises(AssertionError):
+        assert_equivariant(BladewiseLinear(algebra), algebra, torch.Generator().manual_seed(0))
+
+
+def test_steerable_product_has_one_weight_per_grade_triplet() -> None:
+    layer = SteerableGeometricProduct(CHANNELS, CliffordAlgebra((1.0, 1.0, 1.0)))
+    assert layer.num_triplets == 20  # CGENN: 20 non-zero grade triplets in Cl(3, 0)
+    assert layer.weight.shape == (CHANNELS, 20)
+
+
+@pytest.mark.parametrize("kind", ["linear", "silu", "gradenorm", "gp", "layernorm", "cemlp"])
+def test_reset_parameters_restores_the_initialisation(kind: str) -> None:
+    algebra = CliffordAlgebra((1.0, 1.0, 1.0))
+    layer = build(kind, algebra)
+    x = torch.randn(4, CHANNELS, 8, dtype=torch.float64)
+    perturbed = layer(x)
+    layer.reset_parameters()
+    for name, p in layer.named_parameters():
+        if name.endswith(("alpha", "scale")):
+            assert torch.all(p == 1), name
+        elif name.endswith(("beta", "bias", ".a")) or name == "a":
+            assert torch.all(p == 0), name
+    assert not torch.allclose(layer(x), perturbed)
+
+
+def test_linear_rejects_wrong_shapes() -> None:
+    layer = MVLinear(CHANNELS, 2, CliffordAlgebra((1.0, 1.0, 1.0)))
+    with pytest.raises(ValueError, match=r"\[\.\.\., 8\]"):
+        layer(torch.randn(3, CHANNELS, 4))
+    with pytest.raises(ValueError, match=rf"\[\.\.\., {CHANNELS}, 8\]"):
+        layer(torch.randn(3, CHANNELS + 1, 8))
+    with pytest.raises(ValueError, match="num_layers >= 1"):
+        CEMLP(2, 2, 2, CliffordAlgebra((1.0, 1.0)), num_layers=0)
