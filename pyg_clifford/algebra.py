@@ -197,8 +197,8 @@ class CliffordAlgebra(nn.Module):
 
     def versor_action(self, v: Tensor, x: Tensor) -> Tensor:
         r"""Twisted conjugation (CGENN's action)
-        :math:`\rho(v)(x) = v\, x^{[0]}\, v^{-1} + \alpha(v)\, x^{[1]}\, v^{-1}`, with :math:`x^{[0]}, x^{[1]}`
-        the even and odd parts of :math:`x`.
+        :math:`\rho(v)(x) = v\, x^{[0]}\, v^{-1} + \alpha(v)\, x^{[1]}\, v^{-1}`,
+        with :math:`x^{[0]}, x^{[1]}` the even and odd parts of :math:`x`.
 
         For a product of ``k`` vectors this is the outermorphism of the orthogonal map that is the
         composition of the ``k`` reflections; it is an algebra automorphism. ``v``: ``[2**n]`` or
