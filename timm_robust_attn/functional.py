@@ -255,6 +255,7 @@ def mom_attention(
     For each query, the key-density estimate of block :math:`b` is
     :math:`m_b(q_i) = \\frac{1}{|b|}\\sum_{j \\in b} k(q_i, k_j)`; the query attends (Nadaraya-Watson) only to
     the keys of its median block :math:`\\operatorname{median}_b m_b(q_i)` (lower median for even ``K``).
+    Scores and probabilities are computed in float32 so that the median choice does not flip in bfloat16.
 
     Args:
         q, k, v: ``[B, H, N, D]`` (unit-norm keys).
@@ -264,7 +265,7 @@ def mom_attention(
         attn_mask: Boolean or additive mask broadcastable to ``[B, H, N, N]``.
         dropout: Dropout applied to the attention probabilities.
     """
-    logits = (q @ k.transpose(-2, -1)) * (2 / bandwidth)
+    logits = (q.float() @ k.float().transpose(-2, -1)) * (2 / bandwidth)
     mask = additive_mask(attn_mask, logits.dtype)
     if mask is not None:
         logits = logits + mask
@@ -278,4 +279,4 @@ def mom_attention(
     attn = density / density.sum(-1, keepdim=True)
     if dropout is not None:
         attn = dropout(attn)
-    return attn @ v
+    return attn.to(v.dtype) @ v
