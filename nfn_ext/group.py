@@ -45,19 +45,29 @@ class MonomialGroupElement:
         """``g . ws`` for a weight space (or equivariant features) of the matching batch size."""
         L = ws.num_layers
         if len(self.permutations) != L - 1:
-            raise ValueError(f"group element has {len(self.permutations)} hidden layers, weight space {L - 1}")
+            raise ValueError(
+                f"group element has {len(self.permutations)} hidden layers, weight space {L - 1}"
+            )
         if self.batch_size not in (1, ws.batch_size):
-            raise ValueError(f"group element batch {self.batch_size} does not match weight space {ws.batch_size}")
+            raise ValueError(
+                f"group element batch {self.batch_size} does not match weight space {ws.batch_size}"
+            )
         weights, biases = [], []
         for l, (w, b) in enumerate(zip(ws.weights, ws.biases, strict=True)):
             extra = (None,) * (w.dim() - 4)  # kernel dimensions
             if l < L - 1:  # rows belong to hidden layer l + 1
                 perm, scale = self.permutations[l], self.scales[l].to(w.dtype)
-                w = torch.take_along_dim(w, perm[:, None, :, None, *extra], dim=2) * scale[:, None, :, None, *extra]
+                w = (
+                    torch.take_along_dim(w, perm[:, None, :, None, *extra], dim=2)
+                    * scale[:, None, :, None, *extra]
+                )
                 b = torch.take_along_dim(b, perm[:, None, :], dim=2) * scale[:, None, :]
             if l > 0:  # columns belong to hidden layer l
                 perm, scale = self.permutations[l - 1], self.scales[l - 1].to(w.dtype)
-                w = torch.take_along_dim(w, perm[:, None, None, :, *extra], dim=3) / scale[:, None, None, :, *extra]
+                w = (
+                    torch.take_along_dim(w, perm[:, None, None, :, *extra], dim=3)
+                    / scale[:, None, None, :, *extra]
+                )
             weights.append(w)
             biases.append(b)
         return WeightSpace(weights, biases, ws.spec)
@@ -65,7 +75,9 @@ class MonomialGroupElement:
     def inverse(self) -> MonomialGroupElement:
         """``g^{-1} = P^T D^{-1} = D' P'`` with ``pi' = pi^{-1}`` and ``d'_k = 1 / d_{pi^{-1}(k)}``."""
         inv_perms = tuple(torch.argsort(p, dim=1) for p in self.permutations)
-        inv_scales = tuple(1.0 / torch.take_along_dim(d, q, dim=1) for d, q in zip(self.scales, inv_perms, strict=True))
+        inv_scales = tuple(
+            1.0 / torch.take_along_dim(d, q, dim=1) for d, q in zip(self.scales, inv_perms, strict=True)
+        )
         return MonomialGroupElement(inv_perms, inv_scales)
 
 
@@ -106,7 +118,9 @@ def random_group_element(
         else:
             perm = torch.arange(n).expand(B, n)
         if group == "scale":
-            log_d = torch.empty(B, n, dtype=torch.float64).uniform_(math.log(lo), math.log(hi), generator=generator)
+            log_d = torch.empty(B, n, dtype=torch.float64).uniform_(
+                math.log(lo), math.log(hi), generator=generator
+            )
             scale = log_d.exp()
         else:
             scale = torch.randint(0, 2, (B, n), generator=generator).double() * 2.0 - 1.0

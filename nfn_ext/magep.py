@@ -1,8 +1,8 @@
 """MAGEP-NFN (Vo et al., ICML 2025): polynomial layers equivariant to the monomial group.
 
-With ``W_{(s,t)} = W^{(s)} \\cdots W^{(t+1)}`` (which transforms as ``g_s W_{(s,t)} g_t^{-1}``) and fixed random
-``Psi'`` ``(n_0, n_L)`` and ``psi`` ``(n_L,)`` that contract only the fixed input/output dimensions, each layer
-``s`` gets two extra weight-like terms and one bias-like term per channel:
+With ``W_{(s,t)} = W^{(s)} \\cdots W^{(t+1)}`` (which transforms as ``g_s W_{(s,t)} g_t^{-1}``) and
+fixed random ``Psi'`` ``(n_0, n_L)`` and ``psi`` ``(n_L,)`` that contract only the fixed input/output
+dimensions, each layer ``s`` gets two extra weight-like terms and one bias-like term per channel:
 
 .. math::
     X^{(s)} = W_{(s,0)} \\Psi' W_{(L,s-1)}, \\qquad Y^{(s)} = b^{(s)} \\psi^\\top W_{(L,s-1)}, \\qquad
@@ -37,8 +37,8 @@ def weight_products(ws: WeightSpace) -> tuple[list[Tensor], list[Tensor], list[T
     """Chained products of kernel-summed weights ``Wb_l`` ``(B, C, n_{l+1}, n_l)`` (0-based ``l``).
 
     Returns:
-        ``forward[l] = W_{(l+1,0)}`` ``(B, C, n_{l+1}, n_0)``, ``backward[l] = W_{(L,l)}`` ``(B, C, n_L, n_l)`` for
-        ``l < L``, and ``beta[l]`` ``(B, C, n_{l+1})``.
+        ``forward[l] = W_{(l+1,0)}`` ``(B, C, n_{l+1}, n_0)``, ``backward[l] = W_{(L,l)}``
+        ``(B, C, n_L, n_l)`` for ``l < L``, and ``beta[l]`` ``(B, C, n_{l+1})``.
     """
     wbar = [w.flatten(4).sum(-1) if w.dim() == 6 else w for w in ws.weights]
     L = len(wbar)
@@ -73,8 +73,14 @@ class MAGEPLinear(nn.Module):
         gen = torch.Generator().manual_seed(seed)
         self.register_buffer("psi_io", torch.randn(n0, nL, generator=gen) / (n0 * nL) ** 0.5)
         self.register_buffer("psi_out", torch.randn(nL, generator=gen) / nL**0.5)
-        self.mixing = MonomialMixing(spec.dims, [in_channels * (f + 2) for f in facs], [2 * in_channels] * L,
-                                     [out_channels * f for f in facs], [out_channels] * L, spec.group == "sign")
+        self.mixing = MonomialMixing(
+            spec.dims,
+            [in_channels * (f + 2) for f in facs],
+            [2 * in_channels] * L,
+            [out_channels * f for f in facs],
+            [out_channels] * L,
+            spec.group == "sign",
+        )
 
     def forward(self, ws: WeightSpace) -> WeightSpace:
         if ws.channels != self.in_channels:
@@ -87,7 +93,9 @@ class MAGEPLinear(nn.Module):
             weights.append(torch.cat([kernels_to_channels(w), x, y], dim=1))
             biases.append(torch.cat([b, beta[l]], dim=1))
         out_w, out_b = self.mixing(weights, biases)
-        out_w = [channels_to_kernels(w, layer.kernel) for w, layer in zip(out_w, self.spec.layers, strict=True)]
+        out_w = [
+            channels_to_kernels(w, layer.kernel) for w, layer in zip(out_w, self.spec.layers, strict=True)
+        ]
         return WeightSpace(out_w, out_b, ws.spec)
 
     def extra_repr(self) -> str:
@@ -97,12 +105,16 @@ class MAGEPLinear(nn.Module):
 def polynomial_invariants(ws: WeightSpace, psi_io: Tensor) -> Tensor:
     """``[W_{(L,0)}, beta^{(L)}, tr(W_{(s,0)} Psi' W_{(L,s)}) for 0 < s < L]`` flattened: ``(B, D)``."""
     forward, backward, beta = weight_products(ws)
-    traces = [torch.einsum("bcjp,pq,bcqj->bc", forward[s - 1], psi_io, backward[s]) for s in range(1, ws.num_layers)]
-    return torch.cat([forward[-1].flatten(1), beta[-1].flatten(1), torch.stack(traces, dim=2).flatten(1)], dim=1)
+    traces = [
+        torch.einsum("bcjp,pq,bcqj->bc", forward[s - 1], psi_io, backward[s]) for s in range(1, ws.num_layers)
+    ]
+    return torch.cat(
+        [forward[-1].flatten(1), beta[-1].flatten(1), torch.stack(traces, dim=2).flatten(1)], dim=1
+    )
 
 
 class MAGEPNFN(nn.Module):
-    """Invariant MAGEP-NFN: polynomial equivariant layers, invariant pooling plus polynomial invariants, MLP head.
+    """Invariant MAGEP-NFN: polynomial equivariant layers, pooling + polynomial invariants, MLP head.
 
     Args:
         spec: architecture of the input networks.
@@ -116,18 +128,28 @@ class MAGEPNFN(nn.Module):
         - output: ``(B, out_features)``
     """
 
-    def __init__(self, spec: WeightSpaceSpec, hidden_channels: Sequence[int] = (16, 16), head_hidden: int = 128,
-                 out_features: int = 1, in_channels: int = 1) -> None:
+    def __init__(
+        self,
+        spec: WeightSpaceSpec,
+        hidden_channels: Sequence[int] = (16, 16),
+        head_hidden: int = 128,
+        out_features: int = 1,
+        in_channels: int = 1,
+    ) -> None:
         super().__init__()
         channels = [in_channels, *hidden_channels]
-        self.layers = nn.ModuleList(MAGEPLinear(spec, a, b, seed=i)
-                                    for i, (a, b) in enumerate(zip(channels[:-1], channels[1:], strict=True)))
+        self.layers = nn.ModuleList(
+            MAGEPLinear(spec, a, b, seed=i)
+            for i, (a, b) in enumerate(zip(channels[:-1], channels[1:], strict=True))
+        )
         self.activation = equivariant_activation(spec.group)
         self.pool = MonomialPool(spec, channels[-1])
         n0, nL, L = spec.dims[0], spec.dims[-1], spec.num_layers
         n_poly = in_channels * (nL * n0 + nL + L - 1)
-        self.register_buffer("psi_io", torch.randn(n0, nL, generator=torch.Generator().manual_seed(len(channels)))
-                             / (n0 * nL) ** 0.5)
+        self.register_buffer(
+            "psi_io",
+            torch.randn(n0, nL, generator=torch.Generator().manual_seed(len(channels))) / (n0 * nL) ** 0.5,
+        )
         self.head = _head(MonomialPool.num_outputs(spec, channels[-1]) + n_poly, head_hidden, out_features)
 
     def forward(self, ws: WeightSpace) -> Tensor:

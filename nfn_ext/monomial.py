@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .weight_space import WeightSpace, WeightSpaceSpec
@@ -40,7 +39,19 @@ def channels_to_kernels(w: Tensor, kernel: tuple[int, ...]) -> Tensor:
         return w
     B, _, n_out, n_in = w.shape
     k = w.shape[1] // (kernel[0] * kernel[1])
-    return w.reshape(B, k, kernel[0] * kernel[1], n_out, n_in).permute(0, 1, 3, 4, 2).reshape(B, k, n_out, n_in, *kernel)
+    return (
+        w.reshape(B, k, kernel[0] * kernel[1], n_out, n_in)
+        .permute(0, 1, 3, 4, 2)
+        .reshape(B, k, n_out, n_in, *kernel)
+    )
+
+
+def scale_normalize(x: Tensor, dim: int = 1) -> Tensor:
+    """``x / ||x||_2`` along ``dim`` (0 where ``x = 0``), computed as ``y / ||y||`` with ``y = x / max|x|`` so
+    that entries scaled by ``1e-8`` (a 1e4 group action) do not underflow when squared."""
+    peak = x.abs().amax(dim=dim, keepdim=True)
+    y = x / peak.clamp_min(torch.finfo(x.dtype).tiny)
+    return y / torch.linalg.vector_norm(y, dim=dim, keepdim=True).clamp_min(1.0)
 
 
 def equivariant_activation(group: str) -> nn.Module:
@@ -61,8 +72,15 @@ class MonomialMixing(nn.Module):
         - output: the same with the ``out_*`` feature counts.
     """
 
-    def __init__(self, dims: Sequence[int], in_weight: Sequence[int], in_bias: Sequence[int],
-                 out_weight: Sequence[int], out_bias: Sequence[int], sign: bool) -> None:
+    def __init__(
+        self,
+        dims: Sequence[int],
+        in_weight: Sequence[int],
+        in_bias: Sequence[int],
+        out_weight: Sequence[int],
+        out_bias: Sequence[int],
+        sign: bool,
+    ) -> None:
         super().__init__()
         L = len(dims) - 1
         if L < 2:
@@ -71,9 +89,12 @@ class MonomialMixing(nn.Module):
         self.out_weight, self.out_bias = tuple(out_weight), tuple(out_bias)
         n0, nL = dims[0], dims[-1]
         self.first = nn.Linear(in_weight[0] * n0 + in_bias[0], out_weight[0] * n0 + out_bias[0], bias=False)
-        self.hidden_weight = nn.ParameterList(nn.Parameter(torch.empty(out_weight[l], in_weight[l]))
-                                              for l in range(1, L - 1))
-        self.hidden_bias = nn.ParameterList(nn.Parameter(torch.empty(out_bias[l], in_bias[l])) for l in range(1, L - 1))
+        self.hidden_weight = nn.ParameterList(
+            nn.Parameter(torch.empty(out_weight[l], in_weight[l])) for l in range(1, L - 1)
+        )
+        self.hidden_bias = nn.ParameterList(
+            nn.Parameter(torch.empty(out_bias[l], in_bias[l])) for l in range(1, L - 1)
+        )
         self.last_weight = nn.Linear(in_weight[-1] * nL, out_weight[-1] * nL, bias=False)
         self.last_bias = nn.Linear(in_bias[-1] * nL, out_bias[-1] * nL)
         if sign:
@@ -88,7 +109,9 @@ class MonomialMixing(nn.Module):
             if isinstance(m, nn.Linear):
                 m.reset_parameters()
 
-    def forward(self, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    def forward(
+        self, weights: Sequence[Tensor], biases: Sequence[Tensor]
+    ) -> tuple[list[Tensor], list[Tensor]]:
         L, B = len(self.dims) - 1, weights[0].shape[0]
         out_w: list[Tensor] = [torch.empty(0)] * L
         out_b: list[Tensor] = [torch.empty(0)] * L
@@ -131,14 +154,22 @@ class MonomialLinear(nn.Module):
         self.spec, self.in_channels, self.out_channels = spec, in_channels, out_channels
         facs = [layer.filter_size for layer in spec.layers]
         L = spec.num_layers
-        self.mixing = MonomialMixing(spec.dims, [in_channels * f for f in facs], [in_channels] * L,
-                                     [out_channels * f for f in facs], [out_channels] * L, spec.group == "sign")
+        self.mixing = MonomialMixing(
+            spec.dims,
+            [in_channels * f for f in facs],
+            [in_channels] * L,
+            [out_channels * f for f in facs],
+            [out_channels] * L,
+            spec.group == "sign",
+        )
 
     def forward(self, ws: WeightSpace) -> WeightSpace:
         if ws.channels != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got {ws.channels}")
         out_w, out_b = self.mixing([kernels_to_channels(w) for w in ws.weights], ws.biases)
-        out_w = [channels_to_kernels(w, layer.kernel) for w, layer in zip(out_w, self.spec.layers, strict=True)]
+        out_w = [
+            channels_to_kernels(w, layer.kernel) for w, layer in zip(out_w, self.spec.layers, strict=True)
+        ]
         return WeightSpace(out_w, out_b, ws.spec)
 
     def extra_repr(self) -> str:
@@ -167,17 +198,16 @@ class MonomialPool(nn.Module):
         return channels * (facs[0] * n0 + sum(facs[1:-1]) + facs[-1] * nL + (L - 1) + nL)
 
     def _invariant(self, x: Tensor, kind: int) -> Tensor:
-        if self.spec.group == "scale":
-            x = F.normalize(x.flatten(1, 2), dim=1, eps=1e-30).reshape(x.shape)
-        else:
-            x = x.abs()
+        x = scale_normalize(x.flatten(1, 2)).reshape(x.shape) if self.spec.group == "scale" else x.abs()
         shape = (1, self.channels, 1, *(1,) * (x.dim() - 3))
         return x * self.scale[kind].view(shape) + self.shift[kind].view(shape)
 
     def forward(self, ws: WeightSpace) -> Tensor:
         L, out = ws.num_layers, []
         for l, (w, b) in enumerate(zip(ws.weights, ws.biases, strict=True)):
-            w = self._invariant(kernels_to_channels(w).unflatten(1, (self.channels, -1)), 0)  # (B, C, k, o, i)
+            w = self._invariant(
+                kernels_to_channels(w).unflatten(1, (self.channels, -1)), 0
+            )  # (B, C, k, o, i)
             if l == 0:
                 out.append(w.mean(dim=3).flatten(1))
             elif l == L - 1:
@@ -192,8 +222,13 @@ class MonomialPool(nn.Module):
 
 
 def _head(in_features: int, hidden: int, out_features: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                         nn.Linear(hidden, out_features))
+    return nn.Sequential(
+        nn.Linear(in_features, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, out_features),
+    )
 
 
 class MonomialNFN(nn.Module):
@@ -211,11 +246,19 @@ class MonomialNFN(nn.Module):
         - output: ``(B, out_features)``, invariant to :class:`~nfn_ext.MonomialGroupElement` actions.
     """
 
-    def __init__(self, spec: WeightSpaceSpec, hidden_channels: Sequence[int] = (16, 16), head_hidden: int = 128,
-                 out_features: int = 1, in_channels: int = 1) -> None:
+    def __init__(
+        self,
+        spec: WeightSpaceSpec,
+        hidden_channels: Sequence[int] = (16, 16),
+        head_hidden: int = 128,
+        out_features: int = 1,
+        in_channels: int = 1,
+    ) -> None:
         super().__init__()
         channels = [in_channels, *hidden_channels]
-        self.layers = nn.ModuleList(MonomialLinear(spec, a, b) for a, b in zip(channels[:-1], channels[1:], strict=True))
+        self.layers = nn.ModuleList(
+            MonomialLinear(spec, a, b) for a, b in zip(channels[:-1], channels[1:], strict=True)
+        )
         self.activation = equivariant_activation(spec.group)
         self.pool = MonomialPool(spec, channels[-1])
         self.head = _head(MonomialPool.num_outputs(spec, channels[-1]), head_hidden, out_features)
@@ -234,11 +277,18 @@ class MonomialEquivariantNFN(nn.Module):
         - output: :class:`WeightSpace` ``(B, out_channels, ...)``; e.g. ``ws + model(ws)`` edits a network.
     """
 
-    def __init__(self, spec: WeightSpaceSpec, hidden_channels: Sequence[int] = (16, 16), in_channels: int = 1,
-                 out_channels: int = 1) -> None:
+    def __init__(
+        self,
+        spec: WeightSpaceSpec,
+        hidden_channels: Sequence[int] = (16, 16),
+        in_channels: int = 1,
+        out_channels: int = 1,
+    ) -> None:
         super().__init__()
         channels = [in_channels, *hidden_channels, out_channels]
-        self.layers = nn.ModuleList(MonomialLinear(spec, a, b) for a, b in zip(channels[:-1], channels[1:], strict=True))
+        self.layers = nn.ModuleList(
+            MonomialLinear(spec, a, b) for a, b in zip(channels[:-1], channels[1:], strict=True)
+        )
         self.activation = equivariant_activation(spec.group)
 
     def forward(self, ws: WeightSpace) -> WeightSpace:

@@ -110,8 +110,8 @@ class WeightSpaceSpec:
         """
         if not isinstance(module, nn.Sequential):
             raise ValueError(
-                f"expected an nn.Sequential of {_SUPPORTED}, got {type(module).__name__}; modules with a custom "
-                "forward (e.g. residual connections) do not carry the monomial symmetry"
+                f"expected an nn.Sequential of {_SUPPORTED}, got {type(module).__name__}; modules with a "
+                "custom forward (e.g. residual connections) do not carry the monomial symmetry"
             )
         layers: list[LayerSpec] = []
         recipe: list[tuple[Any, ...]] = []
@@ -120,32 +120,50 @@ class WeightSpaceSpec:
         for child in module:
             if isinstance(child, nn.Linear | nn.Conv2d):
                 if child.bias is None:
-                    raise ValueError(f"{type(child).__name__} without bias is not supported; expected bias=True")
+                    raise ValueError(
+                        f"{type(child).__name__} without bias is not supported; expected bias=True"
+                    )
                 if layers and not act_since_layer:
-                    raise ValueError(f"expected an activation between weight layers {len(layers) - 1} and {len(layers)}")
+                    raise ValueError(
+                        f"expected an activation between weight layers {len(layers) - 1} and {len(layers)}"
+                    )
                 if layers and layers[-1].kind == "conv" and isinstance(child, nn.Linear) and not pooled:
                     raise ValueError(
-                        "a Linear layer after a Conv2d needs AdaptiveAvgPool2d(1) (+ Flatten) in between; flattening "
-                        "feature maps ties weights to spatial positions and breaks the channel permutation group"
+                        "a Linear layer after a Conv2d needs AdaptiveAvgPool2d(1) (+ Flatten) in between; "
+                        "flattening feature maps ties weights to spatial positions and breaks the channel "
+                        "permutation group"
                     )
                 if isinstance(child, nn.Conv2d):
                     if layers and layers[-1].kind == "linear":
                         raise ValueError("expected all Conv2d layers before the Linear layers")
                     if child.groups != 1 or child.padding_mode != "zeros" or isinstance(child.padding, str):
                         raise ValueError("expected Conv2d with groups=1, zero padding and integer padding")
-                    layers.append(LayerSpec("conv", child.out_channels, child.in_channels, tuple(child.kernel_size),
-                                            tuple(child.stride), tuple(child.padding), tuple(child.dilation)))
+                    layers.append(
+                        LayerSpec(
+                            "conv",
+                            child.out_channels,
+                            child.in_channels,
+                            tuple(child.kernel_size),
+                            tuple(child.stride),
+                            tuple(child.padding),
+                            tuple(child.dilation),
+                        )
+                    )
                 else:
                     layers.append(LayerSpec("linear", child.out_features, child.in_features))
                 if len(layers) > 1 and layers[-1].n_in != layers[-2].n_out:
-                    raise ValueError(f"layer {len(layers) - 1} expects {layers[-1].n_in} inputs, "
-                                     f"but layer {len(layers) - 2} gives {layers[-2].n_out}")
+                    raise ValueError(
+                        f"layer {len(layers) - 1} expects {layers[-1].n_in} inputs, "
+                        f"but layer {len(layers) - 2} gives {layers[-2].n_out}"
+                    )
                 recipe.append(("layer", len(layers) - 1))
                 act_since_layer = False
             elif isinstance(child, nn.ReLU | nn.LeakyReLU | nn.Tanh):
                 name = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.Tanh: "tanh"}[type(child)]
                 if activation is not None and name != activation:
-                    raise ValueError(f"mixed activations ({activation} and {name}) have no common symmetry group")
+                    raise ValueError(
+                        f"mixed activations ({activation} and {name}) have no common symmetry group"
+                    )
                 activation = name
                 slope = getattr(child, "negative_slope", slope)
                 recipe.append(("act",))
@@ -164,7 +182,9 @@ class WeightSpaceSpec:
             else:
                 raise ValueError(f"unsupported layer {type(child).__name__}; expected only {_SUPPORTED}")
         if len(layers) < 2:
-            raise ValueError(f"expected at least 2 weight layers (a hidden layer to act on), got {len(layers)}")
+            raise ValueError(
+                f"expected at least 2 weight layers (a hidden layer to act on), got {len(layers)}"
+            )
         if activation is None:
             raise ValueError("expected a ReLU, LeakyReLU or Tanh activation between the weight layers")
         return cls(tuple(layers), activation, tuple(recipe), slope)
@@ -182,12 +202,16 @@ class WeightSpace:
     def __init__(self, weights: Sequence[Tensor], biases: Sequence[Tensor], spec: WeightSpaceSpec) -> None:
         weights, biases = tuple(weights), tuple(biases)
         if len(weights) != spec.num_layers or len(biases) != spec.num_layers:
-            raise ValueError(f"expected {spec.num_layers} weights and biases, got {len(weights)} and {len(biases)}")
+            raise ValueError(
+                f"expected {spec.num_layers} weights and biases, got {len(weights)} and {len(biases)}"
+            )
         lead = weights[0].shape[:2]
         for l, (w, b, layer) in enumerate(zip(weights, biases, spec.layers, strict=True)):
             if tuple(w.shape) != (*lead, *layer.weight_shape):
-                raise ValueError(f"weight {l}: expected shape (B, C, {layer.weight_shape}) with (B, C) = "
-                                 f"{tuple(lead)}, got {tuple(w.shape)}")
+                raise ValueError(
+                    f"weight {l}: expected shape (B, C, {layer.weight_shape}) with (B, C) = "
+                    f"{tuple(lead)}, got {tuple(w.shape)}"
+                )
             if tuple(b.shape) != (*lead, layer.n_out):
                 raise ValueError(f"bias {l}: expected shape {(*lead, layer.n_out)}, got {tuple(b.shape)}")
         self.weights, self.biases, self.spec = weights, biases, spec
@@ -224,8 +248,11 @@ class WeightSpace:
         return self.map(lambda t: t.to(*args, **kwargs))
 
     def __add__(self, other: WeightSpace) -> WeightSpace:
-        return WeightSpace([a + b for a, b in zip(self.weights, other.weights, strict=True)],
-                           [a + b for a, b in zip(self.biases, other.biases, strict=True)], self.spec)
+        return WeightSpace(
+            [a + b for a, b in zip(self.weights, other.weights, strict=True)],
+            [a + b for a, b in zip(self.biases, other.biases, strict=True)],
+            self.spec,
+        )
 
     def __sub__(self, other: WeightSpace) -> WeightSpace:
         return self + other.map(torch.neg)
@@ -244,8 +271,11 @@ class WeightSpace:
         if not spaces or any(ws.spec != spaces[0].spec for ws in spaces):
             raise ValueError("expected a non-empty list of weight spaces with the same spec")
         L = spaces[0].num_layers
-        return WeightSpace([torch.cat([ws.weights[l] for ws in spaces]) for l in range(L)],
-                           [torch.cat([ws.biases[l] for ws in spaces]) for l in range(L)], spaces[0].spec)
+        return WeightSpace(
+            [torch.cat([ws.weights[l] for ws in spaces]) for l in range(L)],
+            [torch.cat([ws.biases[l] for ws in spaces]) for l in range(L)],
+            spaces[0].spec,
+        )
 
     @classmethod
     def from_module(cls, module: nn.Module) -> WeightSpace:
@@ -258,7 +288,9 @@ class WeightSpace:
         return cls.stack([cls.from_module(m) for m in modules])
 
     @classmethod
-    def from_state_dict(cls, state_dict: Mapping[str, Tensor], spec: WeightSpaceSpec | nn.Module) -> WeightSpace:
+    def from_state_dict(
+        cls, state_dict: Mapping[str, Tensor], spec: WeightSpaceSpec | nn.Module
+    ) -> WeightSpace:
         """Read ``[w_0, b_0, w_1, b_1, ...]`` (``nn.Sequential`` key order) for the architecture ``spec``."""
         if isinstance(spec, nn.Module):
             spec = WeightSpaceSpec.from_module(spec)
@@ -270,13 +302,17 @@ class WeightSpace:
         return cls(weights, biases, spec)
 
     @classmethod
-    def from_state_dicts(cls, state_dicts: Sequence[Mapping[str, Tensor]], spec: WeightSpaceSpec) -> WeightSpace:
+    def from_state_dicts(
+        cls, state_dicts: Sequence[Mapping[str, Tensor]], spec: WeightSpaceSpec
+    ) -> WeightSpace:
         return cls.stack([cls.from_state_dict(sd, spec) for sd in state_dicts])
 
     def to_state_dict(self, index: int = 0) -> dict[str, Tensor]:
         """State dict of network ``index`` for :meth:`WeightSpaceSpec.build_module` (needs one channel)."""
         if self.channels != 1:
-            raise ValueError(f"expected a single-channel weight space to build a network, got {self.channels}")
+            raise ValueError(
+                f"expected a single-channel weight space to build a network, got {self.channels}"
+            )
         keys = [f"{pos}" for pos, token in enumerate(self.spec.recipe) if token[0] == "layer"]
         out: dict[str, Tensor] = {}
         for key, w, b in zip(keys, self.weights, self.biases, strict=True):
@@ -301,5 +337,7 @@ class WeightSpace:
         return cls(features.weights, features.biases, spec)
 
     def __repr__(self) -> str:
-        return (f"WeightSpace(batch={self.batch_size}, channels={self.channels}, dims={self.spec.dims}, "
-                f"activation={self.spec.activation!r})")
+        return (
+            f"WeightSpace(batch={self.batch_size}, channels={self.channels}, dims={self.spec.dims}, "
+            f"activation={self.spec.activation!r})"
+        )

@@ -1,0 +1,159 @@
+"""Equivariance/invariance of every layer and model under random group elements, and parameter counts."""
+
+import pytest
+import torch
+from nfn.common import network_spec_from_wsfeat
+from nfn.layers import HNPLinear, NPLinear
+
+from nfn_ext import (
+    MAGEPNFN,
+    MAGEPLinear,
+    MonomialEquivariantNFN,
+    MonomialLinear,
+    MonomialNFN,
+    MonomialPool,
+    WeightSpace,
+    random_group_element,
+)
+from nfn_ext.baselines import FlatMLP, NFNBaseline, StatNN
+from nfn_ext.magep import polynomial_invariants
+
+from .helpers import make_cnn, make_mlp, max_abs, max_diff, random_space
+
+CASES = [
+    ("mlp3", "relu"),
+    ("mlp3", "tanh"),
+    ("mlp2", "relu"),
+    ("mlp2", "tanh"),
+    ("mlp4", "leaky_relu"),
+    ("cnn", "relu"),
+    ("cnn", "tanh"),
+]
+
+
+def _space(kind: str, act: str, channels: int = 1) -> WeightSpace:
+    net = {
+        "mlp3": lambda: make_mlp(act),
+        "mlp2": lambda: make_mlp(act, (5, 7, 3)),
+        "mlp4": lambda: make_mlp(act, (4, 6, 5, 7, 2)),
+        "cnn": lambda: make_cnn(act),
+    }[kind]()
+    return random_space(net, batch=3, channels=channels)
+
+
+def _group(ws: WeightSpace, scale: float = 100.0):
+    return random_group_element(ws, scale_range=scale if ws.spec.group == "scale" else None)
+
+
+@pytest.mark.parametrize(("kind", "act"), CASES)
+@pytest.mark.parametrize("layer_cls", [MonomialLinear, MAGEPLinear])
+def test_linear_layers_are_equivariant(kind: str, act: str, layer_cls: type) -> None:
+    ws = _space(kind, act, channels=2)
+    layer = layer_cls(ws.spec, 2, 3).double()
+    g = _group(ws)
+    out = layer(ws)
+    assert out.channels == 3 and max_abs(out) > 1e-2
+    assert max_diff(layer(g.act(ws)), g.act(out)) <= 1e-9 * max(1.0, max_abs(g.act(out)))
+
+
+@pytest.mark.parametrize(("kind", "act"), CASES)
+def test_equivariant_model_is_equivariant(kind: str, act: str) -> None:
+    ws = _space(kind, act)
+    model = MonomialEquivariantNFN(ws.spec, (4, 4)).double()
+    g = _group(ws)
+    expected = g.act(model(ws))
+    assert max_diff(model(g.act(ws)), expected) <= 1e-9 * max(1.0, max_abs(expected))
+
+
+@pytest.mark.parametrize(("kind", "act"), CASES)
+@pytest.mark.parametrize("model_cls", [MonomialNFN, MAGEPNFN])
+def test_invariant_models_are_invariant(kind: str, act: str, model_cls: type) -> None:
+    ws = _space(kind, act)
+    model = model_cls(ws.spec, (4, 4), 16, out_features=2).double()
+    out = model(ws)
+    moved = model(_group(ws).act(ws))
+    torch.testing.assert_close(moved, out, rtol=1e-4, atol=1e-6)
+    assert (out[0] - out[1]).abs().max() > 1e-6  # not a constant function
+
+
+@pytest.mark.parametrize("model_cls", [MonomialNFN, MAGEPNFN])
+def test_invariance_at_scale_1e4_in_float32(model_cls: type) -> None:
+    ws = WeightSpace.from_modules([make_mlp("relu", (8, 12, 10, 4)) for _ in range(6)])
+    model = model_cls(ws.spec, (8, 8), 32)
+    out = model(ws)
+    moved = model(random_group_element(ws, scale_range=1e4).act(ws))
+    assert ((moved - out).abs() / out.abs().clamp_min(1e-3)).max() < 1e-4
+
+
+@pytest.mark.parametrize(("kind", "act"), [("cnn", "relu"), ("mlp3", "tanh")])
+def test_pool_and_polynomial_invariants(kind: str, act: str) -> None:
+    ws = _space(kind, act, channels=3)
+    g = _group(ws)
+    pool = MonomialPool(ws.spec, 3).double()
+    assert pool(ws).shape == (3, MonomialPool.num_outputs(ws.spec, 3))
+    torch.testing.assert_close(pool(g.act(ws)), pool(ws), rtol=1e-9, atol=1e-12)
+    psi = torch.randn(ws.spec.dims[0], ws.spec.dims[-1], dtype=torch.float64)
+    torch.testing.assert_close(polynomial_invariants(g.act(ws), psi), polynomial_invariants(ws, psi))
+
+
+@pytest.mark.parametrize("model_cls", [NFNBaseline, StatNN, FlatMLP])
+def test_baselines_are_not_scale_invariant(model_cls: type) -> None:
+    """The test can tell the difference: baselines move when the networks are rescaled."""
+    ws = _space("mlp3", "relu")
+    model = model_cls(ws.spec).double()
+    assert (model(_group(ws).act(ws)) - model(ws)).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("layer_cls", [NPLinear, HNPLinear])
+def test_nfn_layers_are_permutation_but_not_scale_equivariant(layer_cls: type) -> None:
+    ws = _space("mlp3", "relu", channels=2)
+    layer = layer_cls(network_spec_from_wsfeat(ws.to_nfn()), 2, 3).double()
+
+    def apply(x: WeightSpace) -> WeightSpace:
+        return WeightSpace.from_nfn(layer(x.to_nfn()), x.spec)
+
+    perm_only = random_group_element(ws, scale_range=(1.0, 1.0))
+    assert max_diff(apply(perm_only.act(ws)), perm_only.act(apply(ws))) < 1e-9
+    g = random_group_element(ws, scale_range=10.0)
+    assert max_diff(apply(g.act(ws)), g.act(apply(ws))) > 1e-2
+
+
+def _notes_count(dims: tuple[int, ...], facs: list[int], c: int, d: int, sign: bool) -> int:
+    """Parameters of the notes' Monomial-NFN layer (kernel positions as extra channels)."""
+    n0, nL = dims[0], dims[-1]
+    a0, aL = c * facs[0], c * facs[-1]
+    b0, bL = d * facs[0], d * facs[-1]
+    first = b0 * a0 * n0 * n0 + b0 * c * n0 + d * a0 * n0 + d * c  # A_mnqk, B_mnk, C_mnq, D_mn
+    hidden = sum(d * f * c * f + d * c for f in facs[1:-1])  # A_mn, B_mn per hidden layer
+    last = bL * aL * nL * nL + d * c * nL * nL + d * nL  # A_mnpj, B_mnpj, tau_mj
+    sign_terms = bL * c * nL + d * aL * nL if sign else 0  # E_mnj, F_mnp
+    return first + hidden + last + sign_terms
+
+
+@pytest.mark.parametrize(("kind", "act"), CASES)
+def test_parameter_count_matches_the_notes(kind: str, act: str) -> None:
+    ws = _space(kind, act)
+    facs = [layer.filter_size for layer in ws.spec.layers]
+    layer = MonomialLinear(ws.spec, 3, 5)
+    expected = _notes_count(ws.spec.dims, facs, 3, 5, act == "tanh")
+    assert sum(p.numel() for p in layer.parameters()) == expected
+    magep = MAGEPLinear(
+        ws.spec, 3, 5
+    )  # same template on [W, X, Y] and [b, beta]: F_l = C (fac_l + 2), G_l = 2C
+    n0, nL = ws.spec.dims[0], ws.spec.dims[-1]
+    f_in = [3 * (f + 2) for f in facs]
+    f_out = [5 * f for f in facs]
+    count = (f_in[0] * n0 + 6) * (f_out[0] * n0 + 5) + sum(
+        a * b + 6 * 5 for a, b in zip(f_in[1:-1], f_out[1:-1], strict=True)
+    )
+    count += f_in[-1] * nL * f_out[-1] * nL + 6 * nL * 5 * nL + 5 * nL
+    count += (6 * f_out[-1] * nL + f_in[-1] * nL * 5) if act == "tanh" else 0
+    assert sum(p.numel() for p in magep.parameters()) == count
+
+
+def test_layer_input_validation() -> None:
+    ws = _space("mlp3", "relu", channels=2)
+    with pytest.raises(ValueError, match="expected 3 input channels"):
+        MonomialLinear(ws.spec, 3, 4).double()(ws)
+    with pytest.raises(ValueError, match="expected 3 input channels"):
+        MAGEPLinear(ws.spec, 3, 4).double()(ws)

@@ -1,0 +1,105 @@
+"""WeightSpace: round trips, the nfn converter, batching and clear errors for unsupported networks."""
+
+import pytest
+import torch
+from nfn.common import WeightSpaceFeatures, network_spec_from_wsfeat, state_dict_to_tensors
+from torch import nn
+
+from nfn_ext import WeightSpace, WeightSpaceSpec
+
+from .helpers import make_cnn, make_mlp
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize("act", ["relu", "tanh", "leaky_relu"])
+def test_module_round_trip_is_exact(kind: str, act: str) -> None:
+    net = (make_mlp(act) if kind == "mlp" else make_cnn(act)).eval()
+    ws = WeightSpace.from_module(net)
+    assert ws.spec.activation == act
+    assert ws.spec.group == ("sign" if act == "tanh" else "scale")
+    rebuilt = ws.to_module().eval()
+    for (k1, v1), (k2, v2) in zip(net.state_dict().items(), rebuilt.state_dict().items(), strict=True):
+        assert k1 == k2 and torch.equal(v1, v2)
+    x = torch.randn(4, 5) if kind == "mlp" else torch.randn(4, 2, 8, 8)
+    assert torch.equal(net(x), rebuilt(x))
+    assert WeightSpace.from_module(rebuilt).spec == ws.spec
+
+
+def test_layout_matches_nfn_and_converts_both_ways() -> None:
+    net = make_cnn("relu")
+    ws = WeightSpace.stack([WeightSpace.from_module(net), WeightSpace.from_module(make_cnn("relu"))])
+    weights, biases = state_dict_to_tensors(net.state_dict())
+    for ours, theirs in zip(ws[0].weights + ws[0].biases, weights + biases, strict=True):
+        assert torch.equal(ours[:, 0], theirs)  # nfn: (B, ...) per network; ours adds the channel axis
+    feats = ws.to_nfn()
+    assert isinstance(feats, WeightSpaceFeatures)
+    spec = network_spec_from_wsfeat(feats)
+    assert spec.weight_spec[0].shape == (-1, 2, 3, 3) and spec.weight_spec[-1].shape == (3, -1)
+    back = WeightSpace.from_nfn(feats, ws.spec)
+    assert all(a is b for a, b in zip(back.weights + back.biases, ws.weights + ws.biases, strict=True))
+
+
+def test_state_dicts_batching_and_indexing() -> None:
+    nets = [make_mlp("tanh") for _ in range(3)]
+    ws = WeightSpace.from_state_dicts([n.state_dict() for n in nets], WeightSpaceSpec.from_module(nets[0]))
+    assert (ws.batch_size, ws.channels, ws.num_layers) == (3, 1, 3)
+    assert ws.flatten().shape == (3, 1, sum(p.numel() for p in nets[0].parameters()))
+    for i, net in enumerate(nets):
+        assert all(
+            torch.equal(a, b) for a, b in zip(ws.to_module(i).parameters(), net.parameters(), strict=True)
+        )
+    assert torch.equal(ws[1:].weights[0], ws.weights[0][1:])
+    assert torch.equal((ws - ws[0] * 1.0).weights[0][0], torch.zeros_like(ws.weights[0][0]))
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(7, 7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.relu(self.fc(x))
+
+
+@pytest.mark.parametrize(
+    ("module", "message"),
+    [
+        (
+            nn.Sequential(nn.Linear(5, 7), nn.ReLU(), Residual(), nn.Linear(7, 3)),
+            "unsupported layer Residual",
+        ),
+        (Residual(), "expected an nn.Sequential"),
+        (
+            nn.Sequential(nn.Linear(5, 7), nn.BatchNorm1d(7), nn.ReLU(), nn.Linear(7, 3)),
+            "unsupported layer BatchNorm1d",
+        ),
+        (
+            nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 6), nn.Tanh(), nn.Linear(6, 3)),
+            "mixed activations",
+        ),
+        (nn.Sequential(nn.Linear(5, 7), nn.Linear(7, 3)), "expected an activation"),
+        (nn.Sequential(nn.Linear(5, 7, bias=False), nn.ReLU(), nn.Linear(7, 3)), "without bias"),
+        (nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(36, 3)), "AdaptiveAvgPool2d"),
+        (nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(6, 3)), "expects 6 inputs"),
+        (nn.Sequential(nn.Linear(5, 7)), "at least 2 weight layers"),
+        (nn.Sequential(nn.Linear(5, 7), nn.GELU(), nn.Linear(7, 3)), "unsupported layer GELU"),
+    ],
+)
+def test_unsupported_networks_raise(module: nn.Module, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        WeightSpace.from_module(module)
+
+
+def test_mismatched_shapes_raise() -> None:
+    net = make_mlp("relu")
+    ws = WeightSpace.from_module(net)
+    with pytest.raises(ValueError, match="weight 1: expected shape"):
+        WeightSpace([ws.weights[0], ws.weights[1][..., :-1], ws.weights[2]], ws.biases, ws.spec)
+    with pytest.raises(ValueError, match="bias 0"):
+        WeightSpace(ws.weights, [ws.biases[0].repeat(2, 1, 1), *ws.biases[1:]], ws.spec)
+    with pytest.raises(ValueError, match="expected 6 weight/bias tensors"):
+        WeightSpace.from_state_dict({"0.weight": ws.weights[0][0, 0]}, ws.spec)
+    with pytest.raises(ValueError, match="same spec"):
+        WeightSpace.stack([ws, WeightSpace.from_module(make_mlp("tanh"))])
+    with pytest.raises(ValueError, match="single-channel"):
+        ws.map(lambda t: t.repeat(1, 2, *[1] * (t.dim() - 2))).to_module()
