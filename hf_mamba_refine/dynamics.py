@@ -30,11 +30,11 @@ class Trajectory:
 
     def verdict(self, growth: float = 10.0, shrink: float = 0.5) -> str:
         """``divergent`` if a token's norm grew ``growth``-fold (or blew up), ``convergent`` if every norm
-        ended below ``shrink`` times its start, else ``undecided``."""
+        decreased and the largest fell below ``shrink`` times the largest start, else ``undecided``."""
         start, end = self.norms[0], self.norms[-1]
         if self.blew_up or bool((self.norms.max(0).values > growth * start).any()):
             return "divergent"
-        if bool((end < shrink * start).all()):
+        if bool((end < start).all()) and float(end.max()) < shrink * float(start.max()):
             return "convergent"
         return "undecided"
 

@@ -28,7 +28,7 @@ def soft_sort(scores: Tensor, tau: float = 1.0, hard: bool = False) -> Tensor:
     if not hard:
         return soft
     permutation = F.one_hot(scores.argsort(dim=-1), scores.shape[-1]).to(soft.dtype)
-    return permutation + soft - soft.detach()
+    return permutation + (soft - soft.detach())  # exactly the permutation in the forward pass
 
 
 class ImportanceReorder(nn.Module):
