@@ -52,11 +52,22 @@ def key_value_grams(k: Tensor, v: Tensor, bandwidth: float) -> tuple[Tensor, Ten
     """Key Gram (unit-norm keys) and joint ``[k; v]`` Gram, both ``[B, H, N, N]`` in float32.
 
     The joint Gram of concatenated features is the elementwise product of the key and value Grams, so the
-    pair costs two ``N x N x D`` matmuls.
+    pair costs two ``N x N x D`` matmuls (on features augmented so that the inner product is the scaled
+    negative squared distance, which saves separate ``N x N`` passes for the norms), one add and two ``exp``:
+
+    .. math::
+        \\log G^{k}_{jl} = \\tfrac{2}{\\sigma}(k_j^\\top k_l - 1),\\qquad
+        \\log G^{kv}_{jl} = \\log G^{k}_{jl} - \\tfrac{1}{\\sigma}\\lVert v_j - v_l \\rVert^2
     """
-    k, v = k.float(), v.float()
-    gram_k = torch.exp((2 * k @ k.transpose(-2, -1) - 2).clamp_max(0) / bandwidth)
-    return gram_k, gram_k * gaussian_gram(v, bandwidth)
+    *lead, n, _ = k.shape
+    scale = math.sqrt(2 / bandwidth)
+    k, v = k.float().reshape(-1, n, k.shape[-1]) * scale, v.float().reshape(-1, n, v.shape[-1]) * scale
+    ones = k.new_ones(k.shape[0], n, 1)
+    sq = v.pow(2).sum(-1, keepdim=True) / 2
+    log_k = torch.cat([k, ones], -1) @ torch.cat([k, ones * (-2 / bandwidth)], -1).transpose(-2, -1)
+    log_v = torch.cat([v, -sq, ones], -1) @ torch.cat([v, ones, -sq], -1).transpose(-2, -1)
+    log_kv = log_v.add_(log_k)
+    return log_k.exp_().reshape(*lead, n, n), log_kv.exp_().reshape(*lead, n, n)
 
 
 def psi_over_r(r: Tensor, loss: str, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
@@ -82,6 +93,9 @@ def _thresholds(r: Tensor, valid: Tensor, loss: str, threshold: float | tuple[fl
     """Hampel/Huber thresholds ``(a, b, c)``, each broadcastable to ``r``."""
     if threshold is None:
         masked = torch.where(valid, r, torch.full_like(r, float("nan")))
+        if loss == "huber":
+            a = masked.nanmedian(-1, keepdim=True).values
+            return a, a, a
         qs = torch.tensor(HAMPEL_QUANTILES, dtype=r.dtype, device=r.device)
         a, b, c = torch.nanquantile(masked, qs, dim=-1, keepdim=True).unbind(0)
         return a, b, c
