@@ -1,0 +1,100 @@
+"""Kendall's tau of accuracy predictors on local digits zoos, clean and under group augmentation.
+
+Builds (or reuses) zoos with ``nfn_ext.zoo`` under ``--root``, trains every model with
+``nfn_ext.train.predict_accuracy`` and prints one Markdown table per zoo: parameter count, tau on the clean
+test networks and tau after moving the test networks by random group elements (ReLU zoos: log-uniform
+scalings in ``[1/s, s]`` with permutations; tanh zoos: sign flips with permutations). Each (zoo, model,
+settings) result is cached as JSON, so an interrupted run resumes.
+
+    python benchmarks/nfn_ext_tau.py --arch mlp --activation relu tanh --n 300 --epochs 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from nfn_ext.train import MODELS, predict_accuracy
+from nfn_ext.zoo import build_zoo, load_zoo
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--arch", nargs="+", default=["mlp"], choices=["mlp", "cnn"])
+    parser.add_argument("--activation", nargs="+", default=["relu", "tanh"], choices=["relu", "tanh"])
+    parser.add_argument("--n", type=int, default=300, help="networks per zoo")
+    parser.add_argument("--hidden", type=int, default=None, help="zoo width (default: 16 for mlp, 8 for cnn)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--channels", type=int, nargs="+", default=[8, 8])
+    parser.add_argument("--head-hidden", type=int, default=64)
+    parser.add_argument("--scales", type=float, nargs="+", default=[1e1, 1e2, 1e3, 1e4])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1, help="processes for building the zoos")
+    parser.add_argument("--root", default="runs/nfn_ext", help="where zoos and cached results go")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    root = Path(args.root)
+    for arch in args.arch:
+        for act in args.activation:
+            hidden = args.hidden or (16 if arch == "mlp" else 8)
+            zoo_dir = build_zoo(
+                root / f"zoo_{arch}_{act}_h{hidden}_n{args.n}",
+                arch,
+                act,
+                args.n,
+                hidden,
+                workers=args.workers,
+            )
+            zoo = load_zoo(zoo_dir)
+            rows = []
+            for model in args.models:
+                tag = (
+                    f"{zoo_dir.name}_{model}_e{args.epochs}_c{'-'.join(map(str, args.channels))}_s{args.seed}"
+                )
+                cache = root / "tau" / f"{tag}.json"
+                if cache.exists():
+                    result = json.loads(cache.read_text())
+                else:
+                    start = time.perf_counter()
+                    result = predict_accuracy(
+                        zoo,
+                        model,
+                        args.epochs,
+                        hidden_channels=args.channels,
+                        head_hidden=args.head_hidden,
+                        augment_scales=args.scales,
+                        seed=args.seed,
+                    )
+                    result["seconds"] = time.perf_counter() - start
+                    cache.parent.mkdir(parents=True, exist_ok=True)
+                    cache.write_text(json.dumps(result, indent=1))
+                rows.append(result)
+            labels = list(rows[0]["tau_augmented"])
+            print(
+                f"\n{arch}/{act} zoo: {len(zoo.accuracy)} networks, dims {zoo.weights.spec.dims}, "
+                f"train/test {rows[0]['n_train']}/{rows[0]['n_test']}, {args.epochs} epochs, "
+                f"seed {args.seed}\n"
+            )
+            head = ["model", "params", "tau clean", *[f"tau @ {label}" for label in labels], "train s"]
+            print("| " + " | ".join(head) + " |")
+            print("|" + "---|" * len(head))
+            for r in rows:
+                cells = [
+                    r["model"],
+                    f"{r['params']:,}",
+                    f"{r['tau']:.3f}",
+                    *[f"{r['tau_augmented'][label]:.3f}" for label in labels],
+                    f"{r.get('seconds', 0):.0f}",
+                ]
+                print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
