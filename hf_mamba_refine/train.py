@@ -1,0 +1,250 @@
+"""Train small Mamba models on the standard-library corpus: ``python -m hf_mamba_refine.train lm|classify``.
+
+``lm``: character-level language models in the variants ``baseline`` (transformers' Mamba), ``stable``
+(``patch(stable=True)``, PSD) and ``convergent`` (``patch(stable=True, regime="convergent")``, the ablation);
+reports validation perplexity per byte. ``classify``: which standard-library package a snippet comes from,
+``plain`` vs ``reorder`` (``patch(stable=False, reorder=True)``) with ``MambaForSequenceClassification``;
+reports validation accuracy. Every run checkpoints to ``OUT/<task>-<variant>-seed<k>/checkpoint.pt`` and
+resumes from it; finished runs write ``result.json`` and are skipped; ``OUT/<task>-results.json`` gathers all.
+"""
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+from transformers import MambaConfig, MambaForCausalLM
+
+from .classification import MambaForSequenceClassification
+from .data import DEFAULT_PACKAGES, VOCAB_SIZE, char_corpus, package_snippets
+from .patching import patch
+
+LM_VARIANTS = {
+    "baseline": None,
+    "stable": {"stable": True},
+    "convergent": {"stable": True, "regime": "convergent"},
+}
+CLASSIFY_VARIANTS = {"plain": None, "reorder": {"stable": False, "reorder": True}}
+
+
+@dataclass
+class RunResult:
+    task: str
+    variant: str
+    seed: int
+    steps: int
+    train_loss: float
+    metric: str
+    value: float
+    seconds: float
+
+
+def build_config(args: argparse.Namespace, **extra: object) -> MambaConfig:
+    """A small ``MambaConfig`` from the command line, or from ``--config`` (a JSON file of overrides)."""
+    values = dict(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=args.hidden_size,
+        state_size=args.state_size,
+        num_hidden_layers=args.layers,
+        pad_token_id=0,
+        **extra,
+    )
+    if args.config:
+        values.update(json.loads(Path(args.config).read_text()))
+    return MambaConfig(**values)
+
+
+def _lm_batch(data: Tensor, starts: Tensor, length: int) -> Tensor:
+    return data[starts[:, None] + torch.arange(length + 1)].long()
+
+
+def _train(
+    run_dir: Path, model: nn.Module, steps: int, args: argparse.Namespace, loss_fn: Callable, seed: int
+) -> float:
+    """AdamW, cosine schedule, checkpoints every ``args.checkpoint_every`` steps; returns the final loss."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    cosine = lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))  # noqa: E731
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+    generator = torch.Generator().manual_seed(seed)
+    checkpoint = run_dir / "checkpoint.pt"
+    step, losses = 0, []
+    if checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        generator.set_state(state["generator"])
+        step, losses = state["step"], state["losses"]
+    model.train()
+    with tqdm(total=steps, initial=step, desc=run_dir.name, leave=False) as bar:
+        while step < steps:
+            loss = loss_fn(model, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            step += 1
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if step % args.checkpoint_every == 0 or step == steps:
+                state = {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "generator": generator.get_state(),
+                    "step": step,
+                    "losses": losses,
+                }
+                torch.save(state, checkpoint)
+    tail = losses[-max(1, steps // 10) :]
+    return sum(tail) / len(tail)
+
+
+def run_lm(args: argparse.Namespace, variant: str, seed: int) -> RunResult:
+    """Train one language model and measure its validation perplexity per byte."""
+    train, val = (char_corpus(split, size, args.out / "data") for split, size in
+                  (("train", args.max_bytes), ("val", args.max_bytes // 10)))
+    torch.manual_seed(seed)
+    model = MambaForCausalLM(build_config(args))
+    if LM_VARIANTS[variant] is not None:
+        patch(model, **LM_VARIANTS[variant])
+    run_dir = args.out / f"lm-{variant}-seed{seed}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    length = args.seq_len
+
+    def loss_fn(net: nn.Module, generator: torch.Generator) -> Tensor:
+        starts = torch.randint(0, len(train) - length - 1, (args.batch_size,), generator=generator)
+        batch = _lm_batch(train, starts, length)
+        return net(batch, labels=batch).loss
+
+    begin = time.perf_counter()
+    train_loss = _train(run_dir, model, args.steps, args, loss_fn, seed)
+    model.eval()
+    starts = torch.linspace(0, len(val) - length - 2, args.eval_batches * args.batch_size).long()
+    total = 0.0
+    with torch.no_grad():
+        for chunk in starts.split(args.batch_size):
+            batch = _lm_batch(val, chunk, length)
+            total += float(model(batch, labels=batch).loss) * len(chunk)
+    perplexity = math.exp(total / len(starts))
+    seconds = time.perf_counter() - begin
+    return RunResult("lm", variant, seed, args.steps, train_loss, "val_ppl_per_byte", perplexity, seconds)
+
+
+def run_classify(args: argparse.Namespace, variant: str, seed: int) -> RunResult:
+    """Train one package classifier and measure its validation accuracy (balanced-class batches)."""
+    packages = tuple(args.packages)
+    train_x, train_y = package_snippets(packages, args.seq_len, "train")
+    val_x, val_y = package_snippets(packages, args.seq_len, "val")
+    pools = [torch.nonzero(train_y == label).squeeze(1) for label in range(len(packages))]
+    torch.manual_seed(seed)
+    model = MambaForSequenceClassification(build_config(args, num_labels=len(packages)))
+    if CLASSIFY_VARIANTS[variant] is not None:
+        options = dict(CLASSIFY_VARIANTS[variant], tau=args.tau, hard=args.hard)
+        patch(model, **options, reorder_layers=args.reorder_layers)
+    run_dir = args.out / f"classify-{variant}-seed{seed}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    def loss_fn(net: nn.Module, generator: torch.Generator) -> Tensor:
+        labels = torch.randint(0, len(packages), (args.batch_size,), generator=generator)
+        sizes = torch.tensor([len(pool) for pool in pools])[labels]
+        picks = (torch.rand(args.batch_size, generator=generator) * sizes).long()
+        index = torch.stack([pools[label][pick] for label, pick in zip(labels.tolist(), picks.tolist(),
+                                                                        strict=True)])
+        return F.cross_entropy(net(train_x[index].long()).logits, labels)
+
+    begin = time.perf_counter()
+    train_loss = _train(run_dir, model, args.steps, args, loss_fn, seed)
+    model.eval()
+    chosen = torch.linspace(0, len(val_y) - 1, min(len(val_y), args.eval_batches * args.batch_size)).long()
+    correct = 0
+    with torch.no_grad():
+        for chunk in chosen.split(args.batch_size):
+            correct += int((model(val_x[chunk].long()).logits.argmax(-1) == val_y[chunk]).sum())
+    seconds = time.perf_counter() - begin
+    return RunResult("classify", variant, seed, args.steps, train_loss, "val_accuracy", correct / len(chosen),
+                     seconds)
+
+
+def run_all(args: argparse.Namespace) -> list[RunResult]:
+    """Run (or reload) every variant x seed of ``args.task``; write the gathered JSON."""
+    torch.set_num_threads(args.threads)
+    runner = run_lm if args.task == "lm" else run_classify
+    results = []
+    for seed in args.seeds:
+        for variant in args.variants:
+            result_file = args.out / f"{args.task}-{variant}-seed{seed}" / "result.json"
+            if result_file.exists():
+                result = RunResult(**json.loads(result_file.read_text()))
+            else:
+                result = runner(args, variant, seed)
+                result_file.write_text(json.dumps(asdict(result), indent=2))
+            results.append(result)
+            print(f"{result.task} {result.variant} seed={seed}: {result.metric}={result.value:.4f} "
+                  f"(train loss {result.train_loss:.3f}, {result.seconds:.0f}s)", flush=True)
+    (args.out / f"{args.task}-results.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
+    return results
+
+
+def markdown_table(results: list[RunResult]) -> str:
+    """One row per variant: the metric for each seed, then mean and spread."""
+    seeds = sorted({r.seed for r in results})
+    rows = [f"| variant | {' | '.join(f'seed {s}' for s in seeds)} | mean |", "|---" * (len(seeds) + 2) + "|"]
+    for variant in dict.fromkeys(r.variant for r in results):
+        values = [r.value for s in seeds for r in results if r.variant == variant and r.seed == s]
+        cells = " | ".join(f"{v:.4f}" for v in values)
+        rows.append(f"| {variant} | {cells} | {sum(values) / len(values):.4f} |")
+    return "\n".join(rows)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m hf_mamba_refine.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("task", choices=("lm", "classify"))
+    p.add_argument("--variants", nargs="+", help="lm: baseline stable convergent; classify: plain reorder")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--out", type=Path, default=Path("runs/hf_mamba_refine"))
+    p.add_argument("--config", help="JSON file of MambaConfig overrides")
+    p.add_argument("--hidden-size", type=int, default=64)
+    p.add_argument("--state-size", type=int, default=8)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--max-bytes", type=int, default=2_000_000, help="lm: training bytes (val: a tenth)")
+    p.add_argument("--eval-batches", type=int, default=20)
+    p.add_argument("--packages", nargs="+", default=list(DEFAULT_PACKAGES), help="classify: the classes")
+    p.add_argument("--tau", type=float, default=1.0, help="classify: SoftSort temperature")
+    p.add_argument("--hard", action="store_true", help="classify: straight-through hard permutation")
+    p.add_argument("--reorder-layers", nargs="+", type=int, default=None, help="classify: default all")
+    p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--threads", type=int, default=1)
+    return p
+
+
+def main(argv: list[str] | None = None) -> list[RunResult]:
+    args = parser().parse_args(argv)
+    known = LM_VARIANTS if args.task == "lm" else CLASSIFY_VARIANTS
+    args.variants = args.variants or list(known)
+    unknown = sorted(set(args.variants) - set(known))
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown} for {args.task}; expected some of {list(known)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = run_all(args)
+    print(markdown_table(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
