@@ -72,12 +72,16 @@ class CGEGNN(nn.Module):
             for _ in range(num_layers)
         )
         self.readout = MVLinear(hidden_channels, 1 + out_scalars, self.algebra)
+        self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        r"""Re-initialise every layer; the readout starts at zero, so the initial prediction is
+        :math:`\hat x = x` (training from the identity is stable; a random readout is not)."""
         self.embedding.reset_parameters()
         for conv in self.convs:
             conv.reset_parameters()
-        self.readout.reset_parameters()
+        nn.init.zeros_(self.readout.weight)
+        nn.init.zeros_(self.readout.bias)
 
     def forward(
         self,
