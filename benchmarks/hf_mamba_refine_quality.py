@@ -20,11 +20,11 @@ def main() -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--seeds", nargs="+", default=["0", "1"])
-    parser.add_argument("--lm-steps", default="250")
-    parser.add_argument("--classify-steps", default="250")
+    parser.add_argument("--lm-steps", default="150")
+    parser.add_argument("--classify-steps", default="150")
     parser.add_argument("--seq-len", default="64")
-    parser.add_argument("--batch-size", default="16")
-    parser.add_argument("--eval-batches", default="10")
+    parser.add_argument("--batch-size", default="8")
+    parser.add_argument("--eval-batches", default="8")
     parser.add_argument("--out", type=Path, default=Path("runs/hf_mamba_refine_quality"))
     args = parser.parse_args()
     common = ["--seeds", *args.seeds, "--seq-len", args.seq_len, "--batch-size", args.batch_size,
