@@ -12,6 +12,7 @@ Example::
 
 import argparse
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -111,7 +112,6 @@ def train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     model = build_model(args)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
     state = {
         "epoch": 0,
         "best_val": float("inf"),
@@ -125,7 +125,6 @@ def train(args: argparse.Namespace) -> dict:
         checkpoint = torch.load(checkpoint_path, weights_only=False)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
         state = checkpoint["state"]
         if rank == 0:
             print(f"resumed from {checkpoint_path} at epoch {state['epoch']}")
@@ -133,6 +132,8 @@ def train(args: argparse.Namespace) -> dict:
     train_shard = splits["train"][rank::world]
     for epoch in range(state["epoch"] + 1, args.epochs + 1):
         start = time.perf_counter()
+        for group in optimizer.param_groups:  # cosine decay from the epoch count, so resume may extend a run
+            group["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / args.epochs))
         ddp_model.train()
         generator = torch.Generator().manual_seed(args.seed * 100_003 + epoch)
         loader = DataLoader(train_shard, batch_size=args.batch_size, shuffle=True, generator=generator)
@@ -145,7 +146,6 @@ def train(args: argparse.Namespace) -> dict:
             loss.backward()
             optimizer.step()
             running += loss.item() / len(loader)
-        scheduler.step()
         val = evaluate(ddp_model, splits["val"], args.batch_size, rank, world)
         if val < state["best_val"]:
             test = evaluate(ddp_model, splits["test"], args.batch_size, rank, world)
@@ -162,7 +162,6 @@ def train(args: argparse.Namespace) -> dict:
             checkpoint = {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
                 "state": state,
                 "args": vars(args),
             }

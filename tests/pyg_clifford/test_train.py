@@ -1,0 +1,74 @@
+"""The training CLI: result file, checkpoint resume, and two-process DDP (gloo) under torchrun."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyg_clifford import train
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiny_args(tmp_path: Path, out: str, epochs: int, *extra: str) -> list[str]:
+    return [
+        "nbody",
+        "--out",
+        str(tmp_path / out),
+        "--root",
+        str(tmp_path / "data"),
+        "--epochs",
+        str(epochs),
+        "--num-train",
+        "8",
+        "--num-val",
+        "4",
+        "--num-test",
+        "4",
+        "--batch-size",
+        "4",
+        "--hidden",
+        "4",
+        "--layers",
+        "1",
+        "--quiet",
+        *extra,
+    ]
+
+
+def test_cli_writes_results_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    first = train.main(tiny_args(tmp_path, "run", 1, "--hops", "2"))
+    assert first["best_epoch"] == 1 and math.isfinite(first["test_mse"])
+    saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert saved["test_mse"] == first["test_mse"] and saved["hops"] == 2
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert checkpoint["state"]["epoch"] == 1
+
+    resumed = train.main(tiny_args(tmp_path, "run", 2, "--hops", "2", "--resume"))
+    assert "resumed from" in capsys.readouterr().out
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    assert resumed["history"][0] == first["history"][0]
+
+    straight = train.main(tiny_args(tmp_path, "straight", 2, "--hops", "2"))
+    assert straight["history"][1]["val_mse"] == pytest.approx(resumed["history"][1]["val_mse"], rel=1e-5)
+
+
+def test_cli_rejects_bad_hops(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--hops >= 1"):
+        train.main(tiny_args(tmp_path, "bad", 1, "--hops", "0"))
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517"]
+    command += ["-m", "pyg_clifford.train", *tiny_args(tmp_path, "ddp", 1, "--threads", "1")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "ddp" / "result.json").read_text())
+    assert result["world_size"] == 2 and math.isfinite(result["test_mse"])
