@@ -4,22 +4,24 @@ Builds (or reuses) zoos with ``nfn_ext.zoo`` under ``--root``, trains every mode
 ``nfn_ext.train.predict_accuracy`` and prints one Markdown table per zoo: parameter count, tau on the clean
 test networks and tau after moving the test networks by random group elements (ReLU zoos: log-uniform
 scalings in ``[1/s, s]`` with permutations; tanh zoos: sign flips with permutations). Each (zoo, model,
-settings) result is cached as JSON, so an interrupted run resumes.
+settings, seed) result is cached as JSON, so an interrupted run resumes.
 
-    python benchmarks/nfn_ext_tau.py --arch mlp --activation relu tanh --n 300 --epochs 30
+    python -m benchmarks.nfn_ext_tau --arch mlp cnn --activation relu tanh --n 300 --epochs 30 --seeds 0 1 2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from nfn_ext.train import MODELS, predict_accuracy
-from nfn_ext.zoo import build_zoo, load_zoo
+from nfn_ext.zoo import Zoo, build_zoo, load_zoo
 
 
 def main() -> None:
@@ -35,7 +37,7 @@ def main() -> None:
     parser.add_argument("--channels", type=int, nargs="+", default=[8, 8])
     parser.add_argument("--head-hidden", type=int, default=64)
     parser.add_argument("--scales", type=float, nargs="+", default=[1e1, 1e2, 1e3, 1e4])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="train/test splits and inits")
     parser.add_argument("--workers", type=int, default=1, help="processes for building the zoos")
     parser.add_argument("--root", default="runs/nfn_ext", help="where zoos and cached results go")
     args = parser.parse_args()
@@ -55,45 +57,51 @@ def main() -> None:
             zoo = load_zoo(zoo_dir)
             rows = []
             for model in args.models:
-                tag = (
-                    f"{zoo_dir.name}_{model}_e{args.epochs}_c{'-'.join(map(str, args.channels))}_s{args.seed}"
-                )
-                cache = root / "tau" / f"{tag}.json"
-                if cache.exists():
-                    result = json.loads(cache.read_text())
-                else:
-                    start = time.perf_counter()
-                    result = predict_accuracy(
-                        zoo,
-                        model,
-                        args.epochs,
-                        hidden_channels=args.channels,
-                        head_hidden=args.head_hidden,
-                        augment_scales=args.scales,
-                        seed=args.seed,
+                runs = []
+                for seed in args.seeds:
+                    tag = (
+                        f"{zoo_dir.name}_{model}_e{args.epochs}_c{'-'.join(map(str, args.channels))}_s{seed}"
                     )
-                    result["seconds"] = time.perf_counter() - start
-                    cache.parent.mkdir(parents=True, exist_ok=True)
-                    cache.write_text(json.dumps(result, indent=1))
-                rows.append(result)
-            labels = list(rows[0]["tau_augmented"])
+                    runs.append(_cached_run(root / "tau" / f"{tag}.json", zoo, model, args, seed))
+                rows.append(runs)
+            labels = list(rows[0][0]["tau_augmented"])
             print(
                 f"\n{arch}/{act} zoo: {len(zoo.accuracy)} networks, dims {zoo.weights.spec.dims}, "
-                f"train/test {rows[0]['n_train']}/{rows[0]['n_test']}, {args.epochs} epochs, "
-                f"seed {args.seed}\n"
+                f"train/test {rows[0][0]['n_train']}/{rows[0][0]['n_test']}, {args.epochs} epochs, "
+                f"seeds {args.seeds} (mean +- std)\n"
             )
-            head = ["model", "params", "tau clean", *[f"tau @ {label}" for label in labels], "train s"]
+            head = ["model", "params", "tau clean", *[f"tau @ {label}" for label in labels]]
             print("| " + " | ".join(head) + " |")
             print("|" + "---|" * len(head))
-            for r in rows:
-                cells = [
-                    r["model"],
-                    f"{r['params']:,}",
-                    f"{r['tau']:.3f}",
-                    *[f"{r['tau_augmented'][label]:.3f}" for label in labels],
-                    f"{r.get('seconds', 0):.0f}",
-                ]
+            for runs in rows:
+                taus = [[r["tau"] for r in runs]] + [[r["tau_augmented"][k] for r in runs] for k in labels]
+                cells = [runs[0]["model"], f"{runs[0]['params']:,}", *[_mean_std(t) for t in taus]]
                 print("| " + " | ".join(cells) + " |")
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} +- {statistics.stdev(values):.3f}"
+
+
+def _cached_run(cache: Path, zoo: Zoo, model: str, args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    if cache.exists():
+        return json.loads(cache.read_text())
+    start = time.perf_counter()
+    result = predict_accuracy(
+        zoo,
+        model,
+        args.epochs,
+        hidden_channels=args.channels,
+        head_hidden=args.head_hidden,
+        augment_scales=args.scales,
+        seed=seed,
+    )
+    result["seconds"] = time.perf_counter() - start
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(result, indent=1))
+    return result
 
 
 if __name__ == "__main__":
