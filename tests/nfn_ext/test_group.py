@@ -85,3 +85,10 @@ def test_scales_cover_the_requested_range() -> None:
     scales = random_group_element(ws, scale_range=1e4).scales[0]
     assert scales.min() >= 1e-4 and scales.max() <= 1e4
     assert scales.min() < 1e-3 and scales.max() > 1e3
+
+
+def test_single_element_broadcasts_over_a_batch() -> None:
+    ws = _batch("cnn", "relu")
+    g = random_group_element(ws[:1], scale_range=10.0)
+    expected = WeightSpace.stack([g.act(ws[i]) for i in range(ws.batch_size)])
+    assert max_diff(g.act(ws), expected) == 0.0
