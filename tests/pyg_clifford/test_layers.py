@@ -1,5 +1,7 @@
 """Every multivector layer commutes with the Clifford-group action (rotations and reflections)."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -108,3 +110,25 @@ def test_linear_rejects_wrong_shapes() -> None:
         layer(torch.randn(3, CHANNELS + 1, 8))
     with pytest.raises(ValueError, match="num_layers >= 1"):
         CEMLP(2, 2, 2, CliffordAlgebra((1.0, 1.0)), num_layers=0)
+
+
+@pytest.mark.parametrize("metric", [(1.0, 1.0, 1.0), (1.0, -1.0, -1.0, -1.0)])
+def test_steerable_product_equals_weighted_grade_products(metric: tuple[float, ...]) -> None:
+    r"""z = sum over grade triplets of w_{c,t} <<x>_{g_i} <y>_{g_k}>_{g_j}, with the algebra's own product."""
+    algebra = CliffordAlgebra(metric).double()
+    layer = build("gp", algebra)
+    x = torch.randn(3, CHANNELS, algebra.num_blades, dtype=torch.float64)
+    y = layer.normalize(layer.linear_right(x))
+    g, num = algebra.blade_grades, algebra.num_grades
+    # the layer's weights are ordered by the code (g_i * G + g_j) * G + g_k of the triplets that occur
+    codes = torch.unique((g[:, None] * num + g[None, :]) * num + g[algebra.right_index]).tolist()
+    z = torch.zeros_like(x)
+    for t, code in enumerate(codes):
+        gi, gj, gk = (
+            code // algebra.num_grades**2,
+            (code // algebra.num_grades) % algebra.num_grades,
+            code % algebra.num_grades,
+        )
+        product = algebra.geometric_product(algebra.grade_projection(x, gi), algebra.grade_projection(y, gk))
+        z = z + layer.weight[:, t, None] * algebra.grade_projection(product, gj)
+    torch.testing.assert_close(layer(x), (layer.linear_left(x) + z) / math.sqrt(2.0))
