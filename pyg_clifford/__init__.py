@@ -8,6 +8,7 @@
 from .algebra import CliffordAlgebra
 from .conv import CGConv, path_geometry
 from .layers import CEMLP, MVGradeNorm, MVLayerNorm, MVLinear, MVSiLU, SteerableGeometricProduct
+from .md17 import MD17Trajectory
 from .model import CGEGNN
 from .nbody import NBody, simulate_charged
 from .transforms import KHopPaths, khop_paths
@@ -21,6 +22,7 @@ __all__ = [
     "MVGradeNorm",
     "MVLayerNorm",
     "MVLinear",
+    "MD17Trajectory",
     "MVSiLU",
     "NBody",
     "SteerableGeometricProduct",
