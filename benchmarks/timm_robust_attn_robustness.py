@@ -59,11 +59,11 @@ def main() -> None:
     parser.add_argument("--attentions", nargs="+", choices=sorted(ATTENTIONS), default=list(ATTENTIONS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--eps", nargs="+", type=float, default=[0.03, 0.1],
+    parser.add_argument("--eps", nargs="+", type=float, default=[0.01, 0.03],
                         help="L-inf radii (pixels in [0, 1])")
     parser.add_argument("--pgd-steps", type=int, default=10)
     parser.add_argument("--patch-fraction", type=float, default=0.25)
-    parser.add_argument("--noise-std", type=float, default=0.3)
+    parser.add_argument("--noise-std", type=float, default=0.15)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache-dir", type=Path, default=Path("runs/timm_robust_attn"))
     args = parser.parse_args()
