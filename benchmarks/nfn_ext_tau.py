@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -80,6 +81,8 @@ def main() -> None:
 
 
 def _mean_std(values: list[float]) -> str:
+    if any(math.isnan(v) for v in values):
+        return f"nan in {sum(math.isnan(v) for v in values)}/{len(values)} runs"
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{statistics.mean(values):.3f} +- {statistics.stdev(values):.3f}"

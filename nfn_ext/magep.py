@@ -8,11 +8,13 @@ dimensions, each layer ``s`` gets two extra weight-like terms and one bias-like 
     X^{(s)} = W_{(s,0)} \\Psi' W_{(L,s-1)}, \\qquad Y^{(s)} = b^{(s)} \\psi^\\top W_{(L,s-1)}, \\qquad
     \\beta^{(s)} = \\sum_{t \\le s} W_{(s,t)} b^{(t)} = W^{(s)} \\beta^{(s-1)} + b^{(s)},
 
-all of which transform like ``W^{(s)}`` (resp. ``b^{(s)}``); the Monomial-NFN sharing template
-(:class:`~nfn_ext.monomial.MonomialMixing`) is applied to ``[W, X, Y]`` and ``[b, beta]``. The invariant model
-adds the invariants ``W_{(L,0)}``, ``beta^{(L)}`` and ``tr(W_{(s,0)} Psi' W_{(L,s)})``. For convolutions the
-products use the kernel-summed weights ``sum_{uv} W_{:,:,u,v}`` (our choice; the group acts on every kernel
-position alike, so this is still equivariant). The invariants enter the head through ``asinh`` (ours).
+all of which transform like ``W^{(s)}`` (resp. ``b^{(s)}``) and are divided by the invariant
+``1 + ||W_{(L,0)}||_F`` (per network and channel; ours, to keep stacked layers finite). The Monomial-NFN
+sharing template (:class:`~nfn_ext.monomial.MonomialMixing`) is applied to ``[W, X, Y]`` and ``[b, beta]``.
+The invariant model adds the invariants ``W_{(L,0)}``, ``beta^{(L)}`` and ``tr(W_{(s,0)} Psi' W_{(L,s)})``
+through ``asinh`` (ours). For convolutions the products use the kernel-summed weights
+``sum_{uv} W_{:,:,u,v}`` (our choice; the group acts on every kernel position alike, so this is still
+equivariant).
 """
 
 from __future__ import annotations
@@ -86,12 +88,15 @@ class MAGEPLinear(nn.Module):
         if ws.channels != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got {ws.channels}")
         forward, backward, beta = weight_products(ws)
+        # invariant per-network, per-channel scale 1 + ||W_(L,0)||_F: dividing by it keeps equivariance and
+        # stops the degree-(L+1) products from overflowing when layers are stacked
+        scale = 1.0 + torch.linalg.vector_norm(forward[-1], dim=(2, 3))  # (B, C)
         weights, biases = [], []
         for l, (w, b) in enumerate(zip(ws.weights, ws.biases, strict=True)):
-            x = forward[l] @ self.psi_io @ backward[l]  # (B, C, n_{l+1}, n_l)
-            y = b.unsqueeze(-1) * (self.psi_out @ backward[l]).unsqueeze(-2)
+            x = forward[l] @ self.psi_io @ backward[l] / scale[..., None, None]  # (B, C, n_{l+1}, n_l)
+            y = b.unsqueeze(-1) * (self.psi_out @ backward[l]).unsqueeze(-2) / scale[..., None, None]
             weights.append(torch.cat([kernels_to_channels(w), x, y], dim=1))
-            biases.append(torch.cat([b, beta[l]], dim=1))
+            biases.append(torch.cat([b, beta[l] / scale[..., None]], dim=1))
         out_w, out_b = self.mixing(weights, biases)
         out_w = [
             channels_to_kernels(w, layer.kernel) for w, layer in zip(out_w, self.spec.layers, strict=True)

@@ -157,3 +157,11 @@ def test_layer_input_validation() -> None:
         MonomialLinear(ws.spec, 3, 4).double()(ws)
     with pytest.raises(ValueError, match="expected 3 input channels"):
         MAGEPLinear(ws.spec, 3, 4).double()(ws)
+
+
+def test_stacked_magep_layers_stay_finite_on_large_weights() -> None:
+    ws = WeightSpace.from_modules([make_cnn("relu") for _ in range(4)]).map(
+        lambda t: 30.0 * torch.randn_like(t)
+    )
+    out = MAGEPNFN(ws.spec, (8, 8, 8), 16)(ws)
+    assert torch.isfinite(out).all()
