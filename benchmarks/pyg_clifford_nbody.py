@@ -5,7 +5,7 @@ size 100; the reported number is the test MSE at the epoch of best validation MS
 is a ``python -m pyg_clifford.train`` call in ``OUT/<name>``, resumed from its checkpoint if interrupted and
 skipped if already finished, so the script can be stopped and restarted. Prints a Markdown table.
 
-    python benchmarks/pyg_clifford_nbody.py --epochs 10 --num-train 1000
+    python -m benchmarks.pyg_clifford_nbody --epochs 12 --num-train 1000
 """
 
 import argparse

@@ -8,7 +8,7 @@
    about ``--degree``); time per forward + backward divided by the number of edges (hops 1) or edges plus
    paths (hops 2). A flat column means linear growth.
 
-    python benchmarks/pyg_clifford_speed.py
+    python -m benchmarks.pyg_clifford_speed
 """
 
 import argparse
@@ -28,6 +28,8 @@ from torch_geometric.loader import DataLoader
 from pyg_clifford import CGEGNN, KHopPaths, khop_paths
 from pyg_clifford.nbody import nbody_graph, simulate_charged
 from pyg_clifford.train import EGNNBaseline
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def nbody_batch(num_graphs: int, hops: int) -> Batch:
@@ -160,10 +162,10 @@ def main() -> None:
 
     results = {}
     for name in ("egnn", "cgegnn_h1", "cgegnn_h2"):
-        command = [sys.executable, str(Path(__file__).resolve()), "--measure", name]
+        command = [sys.executable, "-m", "benchmarks.pyg_clifford_speed", "--measure", name]
         command += ["--width", str(args.width), "--layers", str(args.layers), "--graphs", str(args.graphs)]
         command += ["--repeats", str(args.repeats), "--threads", str(args.threads)]
-        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO)
         results[name] = json.loads(done.stdout.strip().splitlines()[-1])
 
     base = results["egnn"]
@@ -174,10 +176,10 @@ def main() -> None:
     print("| model | parameters | graphs/s | vs EGNN | peak RSS growth (MiB) | vs EGNN |")
     print("|---|---|---|---|---|---|")
     for name, r in results.items():
-        memory_ratio = r["peak_mib"] / base["peak_mib"] if base["peak_mib"] > 0 else float("nan")
+        memory_ratio = f"{r['peak_mib'] / base['peak_mib']:.1f}x" if base["peak_mib"] > 0 else "n/a"
         print(
             f"| {name} | {r['parameters']:,} | {r['graphs_per_s']:.0f} | "
-            f"{r['graphs_per_s'] / base['graphs_per_s']:.2f}x | {r['peak_mib']:.1f} | {memory_ratio:.1f}x |"
+            f"{r['graphs_per_s'] / base['graphs_per_s']:.2f}x | {r['peak_mib']:.1f} | {memory_ratio} |"
         )
     if not args.skip_scaling:
         scaling(args)
