@@ -2,7 +2,7 @@
 
 :class:`CliffordAlgebra` (geometric product as a signed gather), CGENN-style multivector layers,
 :class:`CGConv` with k-hop path messages (our CG-EGNN formulation), the :class:`CGEGNN` model, the
-:class:`KHopPaths` transform and the charged :class:`NBody` dataset.
+:class:`KHopPaths` transform, the charged :class:`NBody` dataset and the local :class:`MD17Trajectory` loader.
 """
 
 from .algebra import CliffordAlgebra
