@@ -19,7 +19,7 @@ from hf_mamba_refine import patch
 
 CONFIGS = {
     "small": dict(hidden_size=64, state_size=8, num_hidden_layers=2, seq_len=64, batch=8),
-    "medium": dict(hidden_size=128, state_size=16, num_hidden_layers=4, seq_len=128, batch=8),
+    "medium": dict(hidden_size=128, state_size=16, num_hidden_layers=2, seq_len=128, batch=4),
 }
 VARIANTS = {
     "unpatched": None,
@@ -85,8 +85,8 @@ def main() -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["small", "medium"])
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
