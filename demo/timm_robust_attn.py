@@ -1,11 +1,14 @@
 """Tour of timm_robust_attn: KIRWLS weights, timm registry and conversion, robustness on digits.
 
-Run with ``python -m demo --only timm_robust_attn`` (about a minute on two cores).
+Run with ``python -m demo --only timm_robust_attn`` (about a minute on two idle cores). The two small ViTs are
+cached under ``runs/timm_robust_attn`` (shared with the robustness benchmark), so a second
+run only evaluates.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import timm
 import torch
@@ -22,6 +25,8 @@ from timm_robust_attn.robustness import (
     replace_patches,
     train_or_load,
 )
+
+CACHE = Path("runs/timm_robust_attn")
 
 
 def show_weights() -> None:
@@ -62,9 +67,10 @@ def show_digits_robustness() -> None:
     print(f"  digits: {len(data[1])} train / {len(y_test)} test images, upscaled to 32x32, patch 8")
     print("  | attention | clean | 25% patches replaced | noise 0.15 | FGSM 0.03 |")
     print("  |---|---|---|---|---|")
-    for label, attn in (("softmax", "attn"), ("rkde", "rkde")):
+    for label, attn, options in (("softmax", "attn", {}), ("rkde huber", "rkde", {"loss": "huber"})):
         start = time.perf_counter()
-        model = train_or_load(TrainConfig(attn=attn, patch_size=8, epochs=12), data, progress=False)
+        config = TrainConfig(attn=attn, attn_kwargs=options, patch_size=8, epochs=20)
+        model = train_or_load(config, data, CACHE)
         attack = evaluate(model, x_test, y_test, lambda m, x, y: fgsm(m, x, y, 0.03))
         row = [evaluate(model, x, y_test) for x in (x_test, patches, noisy)] + [attack]
         cells = " | ".join(f"{a:.1f}" for a in row)
