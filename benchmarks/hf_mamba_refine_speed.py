@@ -3,13 +3,16 @@
 For each config, times the forward pass (no grad) and forward+backward of an unpatched ``MambaModel`` and of
 copies patched with ``stable=True``, ``reorder=True`` (all layers) and both, and prints the medians and their
 ratios to the unpatched model. Variants are interleaved within each repetition so that machine load affects
-them alike. On CPU both run transformers' PyTorch path (the mamba-ssm kernels need CUDA).
+them alike. A last row times the parametrisation alone (computing ``x_proj.weight`` in every layer),
+which is the whole extra work of ``stable`` per forward. On CPU both run transformers' PyTorch path
+(the mamba-ssm kernels need CUDA).
 """
 
 import argparse
 import copy
 import statistics
 import time
+import timeit
 from collections.abc import Callable
 
 import torch
@@ -71,6 +74,8 @@ def bench_config(name: str, repeats: int, warmup: int) -> list[str]:
                 if index >= warmup:
                     times[variant].append(elapsed)
         reference = statistics.median(times["unpatched"])
+        if mode == "forward":
+            forward_reference = reference
         for variant, values in times.items():
             median = statistics.median(values)
             rows.append(
@@ -78,6 +83,13 @@ def bench_config(name: str, repeats: int, warmup: int) -> list[str]:
                 f"layers={spec['num_hidden_layers']}) | {mode} | {variant} | {1e3 * median:.1f} "
                 f"| {median / reference:.3f} |"
             )
+    x_proj = models["stable"].layers[0].mixer.x_proj
+    access = min(timeit.repeat(lambda: x_proj.weight, number=200, repeat=5)) / 200
+    total = access * spec["num_hidden_layers"]
+    rows.append(
+        f"| {name} | parametrised x_proj.weight, all layers (isolated) | stable | {1e3 * total:.3f} "
+        f"| +{total / forward_reference:.4f} of the forward |"
+    )
     return rows
 
 
