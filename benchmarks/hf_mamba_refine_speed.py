@@ -2,10 +2,10 @@
 
 For each config, times the forward pass (no grad) and forward+backward of an unpatched ``MambaModel`` and of
 copies patched with ``stable=True``, ``reorder=True`` (all layers) and both, and prints the medians and their
-ratios to the unpatched model. Variants are interleaved within each repetition so that machine load affects
-them alike. A last row times the parametrisation alone (computing ``x_proj.weight`` in every layer),
-which is the whole extra work of ``stable`` per forward. On CPU both run transformers' PyTorch path
-(the mamba-ssm kernels need CUDA).
+ratios to the unpatched model. Variants are interleaved within each repetition, in a rotating order, so that
+machine load affects them alike. A last row times the parametrisation alone (computing ``x_proj.weight``
+in every layer), which is the whole extra work of ``stable`` per forward. On CPU both run transformers'
+PyTorch path (the mamba-ssm kernels need CUDA).
 """
 
 import argparse
@@ -69,8 +69,9 @@ def bench_config(name: str, repeats: int, warmup: int) -> list[str]:
     for mode, make in (("forward", forward), ("forward+backward", forward_backward)):
         times: dict[str, list[float]] = {variant: [] for variant in models}
         for index in range(warmup + repeats):
-            for variant, model in models.items():
-                elapsed = _timed(make(model))
+            names = list(models)
+            for variant in names[index % len(names) :] + names[: index % len(names)]:  # rotate the order
+                elapsed = _timed(make(models[variant]))
                 if index >= warmup:
                     times[variant].append(elapsed)
         reference = statistics.median(times["unpatched"])
