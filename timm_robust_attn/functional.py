@@ -138,7 +138,7 @@ def kirwls_weights(
     w = _normalise(torch.ones_like(gram[..., 0]), valid)
     a = b = c = None
     for _ in range(iterations):
-        gw = (gram @ w.unsqueeze(-1)).squeeze(-1)
+        gw = (w.unsqueeze(-2) @ gram).squeeze(-2)  # = G w, G symmetric (row form is the faster bmm)
         r = (1 - 2 * gw + (w * gw).sum(-1, keepdim=True)).clamp_min(0).sqrt()
         if a is None:
             a, b, c = _thresholds(r, valid, loss, threshold)
@@ -185,7 +185,7 @@ def spkde_weights(gram: Tensor, contamination: float, steps: int, valid: Tensor 
     a = y = uniform
     t = 1.0
     for _ in range(steps):
-        grad = (gram @ (y - target).unsqueeze(-1)).squeeze(-1)
+        grad = ((y - target).unsqueeze(-2) @ gram).squeeze(-2)
         a_next = project_simplex(torch.where(valid, y - step * grad, outside))
         t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
         y = a_next + ((t - 1) / t_next) * (a_next - a)
