@@ -71,6 +71,8 @@ def test_from_pretrained_of_an_unpatched_model(tmp_path, tokens) -> None:
     loaded = hf_mamba_refine.from_pretrained(tmp_path)
     assert not is_patched(loaded)
     assert torch.equal(loaded(tokens).logits, model(tokens).logits)
+    from_transformers = MambaForCausalLM.from_pretrained(tmp_path)
+    assert hf_mamba_refine.analyze(from_transformers).regimes == hf_mamba_refine.analyze(model).regimes
 
 
 def test_generate_and_recurrent_cache_with_stable(tokens) -> None:
@@ -124,12 +126,15 @@ def test_reorder_changes_outputs_and_refuses_padding(tokens) -> None:
     model = MambaModel(tiny_config()).eval()
     before = model(tokens).last_hidden_state
     patch(model, stable=False, reorder=True)
-    assert not torch.allclose(model(tokens).last_hidden_state, before)
+    reordered = model(tokens).last_hidden_state
+    assert not torch.allclose(reordered, before)
     mask = torch.ones_like(tokens)
     mask[0, -3:] = 0
     with pytest.raises(ValueError, match="unpadded"):
         model(tokens, attention_mask=mask)
     assert model(tokens, attention_mask=torch.ones_like(tokens)).last_hidden_state.shape == (2, 12, 16)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(tokens).last_hidden_state, reordered)
 
 
 def test_reorder_bypasses_the_fused_kernel(monkeypatch, tokens) -> None:
