@@ -86,3 +86,13 @@ def test_cli_help_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "predict-accuracy" in capsys.readouterr().out
     with pytest.raises(ValueError, match="expected a zoo directory"):
         load_zoo(tmp_path)
+
+
+def test_parallel_build_matches_serial(tmp_path: Path) -> None:
+    serial = load_zoo(build_zoo(tmp_path / "serial", "mlp", "tanh", n=3, hidden=4, seed=2, progress=False))
+    parallel = load_zoo(
+        build_zoo(tmp_path / "parallel", "mlp", "tanh", n=3, hidden=4, seed=2, workers=2, progress=False)
+    )
+    assert torch.equal(serial.accuracy, parallel.accuracy)
+    for a, b in zip(serial.weights.weights, parallel.weights.weights, strict=True):
+        assert torch.equal(a, b)
