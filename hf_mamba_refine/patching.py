@@ -137,17 +137,23 @@ def patch(
             f"reorder=True breaks causality and {type(model).__name__} is generative; use it for encoders "
             "(e.g. MambaForSequenceClassification) or pass allow_causal_reorder=True to accept that"
         )
+    constrained = _select(mixers, stable_layers, "stable_layers") if stable else []
+    reordered = _select(mixers, reorder_layers, "reorder_layers") if reorder else []
+    for mixer in constrained:
+        if mixer.intermediate_size < mixer.ssm_state_size:
+            raise ValueError(
+                f"stable=True needs intermediate_size >= state_size, got {mixer.intermediate_size} < "
+                f"{mixer.ssm_state_size} in layer {mixer.layer_idx}"
+            )
     handles: list[torch.utils.hooks.RemovableHandle] = []
-    if stable:
-        for mixer in _select(mixers, stable_layers, "stable_layers"):
-            projection = SignDefiniteProjection(mixer.time_step_rank, mixer.ssm_state_size, regime, d_min)
-            parametrize.register_parametrization(mixer.x_proj, "weight", projection)
-    if reorder:
-        for mixer in _select(mixers, reorder_layers, "reorder_layers"):
-            mixer.token_reorder = ImportanceReorder(mixer.time_step_rank, tau, hard).to(mixer.x_proj.weight)
-            handles += _reorder_hooks(mixer)
-        if isinstance(model, GenerationMixin):
-            model.generate = _refuse_generate
+    for mixer in constrained:
+        projection = SignDefiniteProjection(mixer.time_step_rank, mixer.ssm_state_size, regime, d_min)
+        parametrize.register_parametrization(mixer.x_proj, "weight", projection)
+    for mixer in reordered:
+        mixer.token_reorder = ImportanceReorder(mixer.time_step_rank, tau, hard).to(mixer.x_proj.weight)
+        handles += _reorder_hooks(mixer)
+    if reorder and isinstance(model, GenerationMixin):
+        model.generate = _refuse_generate
     setattr(model, _HANDLES, handles)
     options = {
         "stable": stable,

@@ -97,8 +97,12 @@ def test_misuse_errors() -> None:
         patch(nn.Sequential(nn.Linear(2, 2)))
     with pytest.raises(ValueError, match="not patched"):
         unpatch(MambaForCausalLM(tiny_config()))
+    fresh = MambaModel(tiny_config())
     with pytest.raises(ValueError, match="reorder_layers must be layer indices"):
-        patch(MambaModel(tiny_config()), reorder=True, reorder_layers=[5])
+        patch(fresh, reorder=True, reorder_layers=[5])
+    with pytest.raises(ValueError, match="intermediate_size >= state_size"):
+        patch(MambaModel(tiny_config(hidden_size=2, expand=1)))
+    patch(fresh, stable=True)  # the refused calls left nothing behind
     falcon = FalconMambaForCausalLM(FalconMambaConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1))
     with pytest.raises(ValueError, match="FalconMamba models are not supported"):
         patch(falcon)
