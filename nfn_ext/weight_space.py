@@ -116,7 +116,7 @@ class WeightSpaceSpec:
         layers: list[LayerSpec] = []
         recipe: list[tuple[Any, ...]] = []
         activation, slope = None, 0.01
-        act_since_layer, pooled = True, False
+        act_since_layer, pooled, flat = True, False, False
         for child in module:
             if isinstance(child, nn.Linear | nn.Conv2d):
                 if child.bias is None:
@@ -127,7 +127,12 @@ class WeightSpaceSpec:
                     raise ValueError(
                         f"expected an activation between weight layers {len(layers) - 1} and {len(layers)}"
                     )
-                if layers and layers[-1].kind == "conv" and isinstance(child, nn.Linear) and not pooled:
+                if (
+                    layers
+                    and layers[-1].kind == "conv"
+                    and isinstance(child, nn.Linear)
+                    and not (pooled and flat)
+                ):
                     raise ValueError(
                         "a Linear layer after a Conv2d needs AdaptiveAvgPool2d(1) (+ Flatten) in between; "
                         "flattening feature maps ties weights to spatial positions and breaks the channel "
@@ -179,6 +184,7 @@ class WeightSpaceSpec:
                 pooled = True
             elif isinstance(child, nn.Flatten):
                 recipe.append(("flatten",))
+                flat = pooled
             else:
                 raise ValueError(f"unsupported layer {type(child).__name__}; expected only {_SUPPORTED}")
         if len(layers) < 2:

@@ -81,6 +81,7 @@ class Residual(nn.Module):
         (nn.Sequential(nn.Linear(5, 7, bias=False), nn.ReLU(), nn.Linear(7, 3)), "without bias"),
         (nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(36, 3)), "AdaptiveAvgPool2d"),
         (nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(6, 3)), "expects 6 inputs"),
+        (nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Linear(4, 3)), "Flatten"),
         (nn.Sequential(nn.Linear(5, 7)), "at least 2 weight layers"),
         (nn.Sequential(nn.Linear(5, 7), nn.GELU(), nn.Linear(7, 3)), "unsupported layer GELU"),
     ],
