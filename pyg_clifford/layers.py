@@ -160,8 +160,11 @@ class SteerableGeometricProduct(nn.Module):
         weights = self.weight[:, self.triplet_index] * self.algebra.sign.to(x.dtype)  # [C, i, j]
         bilinear = weights.new_zeros(channels, blades**3)
         bilinear[:, self.bilinear_index] = weights.flatten(1)
-        outer = (x.unsqueeze(-1) * y.unsqueeze(-2)).reshape(-1, channels, blades * blades)
-        z = torch.bmm(outer.transpose(0, 1), bilinear.view(channels, blades * blades, blades))
+        # channel-major operands, so that the batched matmul and its backward need no per-channel copies
+        x_cm = x.reshape(-1, channels, blades).transpose(0, 1).contiguous()
+        y_cm = y.reshape(-1, channels, blades).transpose(0, 1).contiguous()
+        outer = (x_cm.unsqueeze(-1) * y_cm.unsqueeze(-2)).flatten(-2)  # [C, *, 4**n]
+        z = torch.bmm(outer, bilinear.view(channels, blades * blades, blades))
         return (self.linear_left(x) + z.transpose(0, 1).reshape(x.shape)) / math.sqrt(2.0)
 
 
