@@ -1,13 +1,15 @@
-"""Train CG-EGNN (or the egnn-pytorch EGNN baseline) on the charged n-body task.
+"""Train CG-EGNN (or the egnn-pytorch EGNN baseline) on the charged n-body task or a local MD17 file.
 
-Protocol (EGNN): predict positions at frame 40 from positions and velocities at frame 30; the reported
-number is the test MSE at the epoch of best validation MSE. Checkpoints every epoch to ``OUT/checkpoint.pt``
-(``--resume`` continues from it) and writes ``OUT/result.json``. Runs unchanged under
+Protocol (EGNN): predict positions at frame 40 from positions and velocities at frame 30 (MD17, GMN:
+``--delta-frame`` frames ahead); the reported number is the test MSE at the epoch of best validation MSE.
+Checkpoints every epoch to ``OUT/checkpoint.pt`` (``--resume`` continues from it) and writes
+``OUT/result.json``. Runs unchanged under
 ``torchrun --nproc_per_node=N`` (DDP with the gloo backend; each process trains on its shard).
 
 Example::
 
     python -m pyg_clifford.train nbody --hops 2 --epochs 50 --out runs/nbody_h2
+    python -m pyg_clifford.train md17 --root data/md17 --molecule aspirin --hops 2 --out runs/aspirin_h2
 """
 
 import argparse
@@ -15,6 +17,7 @@ import json
 import math
 import os
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -24,6 +27,7 @@ from torch_geometric.data import Batch
 from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
 
+from .md17 import MD17Trajectory
 from .model import CGEGNN
 from .nbody import NBody
 from .transforms import KHopPaths
@@ -61,14 +65,16 @@ class EGNNBaseline(nn.Module):
 def build_model(args: argparse.Namespace) -> nn.Module:
     if args.model == "egnn":
         return EGNNBaseline(args.hidden, args.layers)
-    return CGEGNN(1, 1, args.hidden, args.layers, hops=args.hops, mlp_layers=args.mlp_layers)
+    scalars = 1 if args.task == "nbody" else 2  # n-body: charge, q_i q_j; MD17: (|v|, z), hop type
+    return CGEGNN(scalars, scalars, args.hidden, args.layers, hops=args.hops, mlp_layers=args.mlp_layers)
 
 
 def predict(model: nn.Module, data: Batch) -> Tensor:
     core = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     if isinstance(core, CGEGNN):
         paths = [data[f"path{k}_index"] for k in range(2, core.hops + 1)]
-        return model(data.pos, data.edge_index, data.vel, data.charge, data.edge_attr, data.batch, paths)[0]
+        node_attr = data.node_attr if "node_attr" in data else data.charge
+        return model(data.pos, data.edge_index, data.vel, node_attr, data.edge_attr, data.batch, paths)[0]
     return model(data)
 
 
@@ -85,17 +91,20 @@ def evaluate(model: nn.Module, data_list: list, batch_size: int, rank: int, worl
 
 
 def load_splits(args: argparse.Namespace, rank: int, world: int) -> dict[str, list]:
-    """Simulate (rank 0 only) or load the cached splits, then precompute k-hop paths once per graph."""
+    """Build (rank 0 only) or load the cached splits, then precompute k-hop paths once per graph."""
     sizes = dict(num_train=args.num_train, num_val=args.num_val, num_test=args.num_test, seed=args.data_seed)
+    if args.task == "nbody":
+        load = partial(NBody, args.root, **sizes)
+    else:
+        load = partial(
+            MD17Trajectory, args.root, args.molecule, delta_frame=args.delta_frame, skip=args.skip, **sizes
+        )
     if rank == 0:
-        NBody(args.root, "train", **sizes)
+        load(split="train")
     if world > 1:
         dist.barrier()
     transform = KHopPaths(max(args.hops, 1), args.path_mode)
-    return {
-        split: [transform(d) for d in NBody(args.root, split, progress=False, **sizes)]
-        for split in ("train", "val", "test")
-    }
+    return {split: [transform(d) for d in load(split=split)] for split in ("train", "val", "test")}
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -169,7 +178,7 @@ def train(args: argparse.Namespace) -> dict:
             checkpoint_path.with_suffix(".tmp").replace(checkpoint_path)
 
     result = {
-        "task": "nbody",
+        "task": args.task,
         "model": args.model,
         "hops": args.hops if args.model == "cgegnn" else None,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -196,32 +205,44 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    tasks = parser.add_subparsers(dest="task", required=True)
-    nbody = tasks.add_parser("nbody", help="charged 5-body system, frame 30 -> 40")
-    nbody.add_argument("--out", required=True, help="run directory (checkpoint.pt, result.json)")
-    nbody.add_argument(
-        "--model", choices=("cgegnn", "egnn"), default="cgegnn", help="egnn: egnn-pytorch baseline"
-    )
-    nbody.add_argument("--hops", type=int, default=1, help="longest k-hop path order of CG-EGNN")
-    nbody.add_argument(
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", required=True, help="run directory (checkpoint.pt, result.json)")
+    common.add_argument("--hops", type=int, default=1, help="longest k-hop path order of CG-EGNN")
+    common.add_argument(
         "--path-mode", choices=("walk", "shell"), default="walk", help="k-hop path enumeration"
     )
-    nbody.add_argument("--hidden", type=int, default=28, help="hidden channels")
-    nbody.add_argument("--layers", type=int, default=4, help="message-passing layers")
-    nbody.add_argument("--mlp-layers", type=int, default=1, help="blocks per CEMLP")
-    nbody.add_argument("--epochs", type=int, default=100)
-    nbody.add_argument("--batch-size", type=int, default=100)
-    nbody.add_argument("--lr", type=float, default=None, help="default: 4e-3 (CGENN) or 5e-4 (EGNN paper)")
-    nbody.add_argument("--weight-decay", type=float, default=1e-4)
+    common.add_argument("--hidden", type=int, default=28, help="hidden channels")
+    common.add_argument("--layers", type=int, default=4, help="message-passing layers")
+    common.add_argument("--mlp-layers", type=int, default=1, help="blocks per CEMLP")
+    common.add_argument("--epochs", type=int, default=100)
+    common.add_argument("--batch-size", type=int, default=100)
+    common.add_argument("--lr", type=float, default=None, help="default: 4e-3 (CGENN) or 5e-4 (EGNN paper)")
+    common.add_argument("--weight-decay", type=float, default=1e-4)
+    common.add_argument("--data-seed", type=int, default=0, help="seed of the simulation / frame sampling")
+    common.add_argument("--seed", type=int, default=0, help="seed of the model and the shuffling")
+    common.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch default)")
+    common.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if present")
+    common.add_argument("--quiet", action="store_true", help="no per-batch progress bar")
+
+    tasks = parser.add_subparsers(dest="task", required=True)
+    nbody = tasks.add_parser("nbody", parents=[common], help="charged 5-body system, frame 30 -> 40")
+    nbody.add_argument("--model", choices=("cgegnn", "egnn"), default="cgegnn", help="egnn: egnn-pytorch")
     nbody.add_argument("--num-train", type=int, default=3000)
     nbody.add_argument("--num-val", type=int, default=2000)
     nbody.add_argument("--num-test", type=int, default=2000)
     nbody.add_argument("--root", default="data/nbody", help="data cache directory")
-    nbody.add_argument("--data-seed", type=int, default=0, help="seed of the simulation")
-    nbody.add_argument("--seed", type=int, default=0, help="seed of the model and the shuffling")
-    nbody.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch default)")
-    nbody.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if present")
-    nbody.add_argument("--quiet", action="store_true", help="no per-batch progress bar")
+
+    md17 = tasks.add_parser(
+        "md17", parents=[common], help="MD17 trajectory from a local *_dft.npz (GMN protocol)"
+    )
+    md17.add_argument("--root", required=True, help="directory holding raw/{molecule}_dft.npz")
+    md17.add_argument("--molecule", required=True, help="e.g. aspirin")
+    md17.add_argument("--delta-frame", type=int, default=3000, help="frames between input and target")
+    md17.add_argument("--skip", type=int, default=10000, help="frames dropped at each end")
+    md17.add_argument("--num-train", type=int, default=500)
+    md17.add_argument("--num-val", type=int, default=2000)
+    md17.add_argument("--num-test", type=int, default=2000)
+    md17.set_defaults(model="cgegnn")
     return parser
 
 

@@ -1,12 +1,13 @@
 """MD17Trajectory on a small file written in the sGDML ``*_dft.npz`` format."""
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from pyg_clifford import CGEGNN, MD17Trajectory
+from pyg_clifford import CGEGNN, MD17Trajectory, train
 
 
 def write_trajectory(root: Path, frames: int = 80) -> np.ndarray:
@@ -54,3 +55,24 @@ def test_md17_reports_missing_or_malformed_files(tmp_path: Path) -> None:
     write_trajectory(tmp_path, frames=30)
     with pytest.raises(ValueError, match="start frames"):
         MD17Trajectory(str(tmp_path), "toy", num_train=10, num_val=5, num_test=5, delta_frame=10, skip=5)
+
+
+def test_md17_training_cli(tmp_path: Path) -> None:
+    write_trajectory(tmp_path)
+    argv = ["md17", "--root", str(tmp_path), "--molecule", "toy", "--delta-frame", "10", "--skip", "5"]
+    argv += [
+        "--hops",
+        "2",
+        "--num-train",
+        "8",
+        "--num-val",
+        "4",
+        "--num-test",
+        "4",
+        "--batch-size",
+        "4",
+        "--hidden",
+        "4",
+    ]
+    result = train.main([*argv, "--layers", "1", "--epochs", "1", "--out", str(tmp_path / "run"), "--quiet"])
+    assert result["task"] == "md17" and math.isfinite(result["test_mse"])
