@@ -181,6 +181,9 @@ class RKDEAttention(_WeightedKDEAttention):
                 f"iterations={self.iterations}, weight_grad={self.weight_grad}")
 
     def key_weights(self, k: Tensor, v: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+        if self.iterations == 0:
+            uniform = valid / valid.sum(-1, keepdim=True).clamp_min(1)
+            return uniform, uniform
         with torch.set_grad_enabled(self.weight_grad and torch.is_grad_enabled()):
             gram_k, gram_kv = key_value_grams(k, v, self.bandwidth)
             weight_num = kirwls_weights(gram_kv, self.iterations, self.loss, self.threshold, valid)
