@@ -54,8 +54,9 @@ def expressivity_check() -> None:
     stars = {
         name: torch.tensor(
             [[0.0, 0.0, 0.0]]
-            + [[math.sin(t) * math.cos(p), math.sin(t) * math.sin(p), math.cos(t)] for t, p in a]
-        ).double()
+            + [[math.sin(t) * math.cos(p), math.sin(t) * math.sin(p), math.cos(t)] for t, p in a],
+            dtype=torch.float64,
+        )
         for name, a in angles.items()
     }
     leaves = torch.arange(1, 5)
