@@ -144,11 +144,8 @@ class CGConv(MessagePassing):
         all_paths = [edge_index.flip(0), *paths[: self.hops - 1]]
         aggregates = []
         for order, path in enumerate(all_paths, start=1):  # loop over hop orders; each is vectorised
-            if path.dim() != 2 or path.size(0) != order + 1:
-                raise ValueError(
-                    f"Expected path{order}_index of shape [{order + 1}, num_paths], got {tuple(path.shape)}"
-                )
-            check_edge_index(path[[0, -1]], num_nodes, f"path{order}_index")
+            if order > 1:
+                check_edge_index(path, num_nodes, f"path{order}_index", rows=order + 1)
             inputs = self._path_inputs(x, pos, path, edge_mv if order == 1 else None)
             aggregates.append(
                 self.propagate(path[[-1, 0]], inputs=inputs, order=order, size=(num_nodes, num_nodes))

@@ -69,12 +69,13 @@ def _pair_key(paths: Tensor, num_nodes: int) -> Tensor:
     return paths[0] * num_nodes + paths[-1]
 
 
-def check_edge_index(edge_index: Tensor, num_nodes: int, name: str = "edge_index") -> None:
-    """Raise a ``ValueError`` unless ``edge_index`` is a ``[2, E]`` integer tensor with entries in
-    ``[0, num_nodes)``."""
-    if edge_index.dim() != 2 or edge_index.size(0) != 2 or edge_index.is_floating_point():
+def check_edge_index(edge_index: Tensor, num_nodes: int, name: str = "edge_index", rows: int = 2) -> None:
+    """Raise a ``ValueError`` unless ``edge_index`` is a ``[rows, E]`` integer tensor with entries in
+    ``[0, num_nodes)`` (``rows = k + 1`` for the paths of ``k`` edges)."""
+    if edge_index.dim() != 2 or edge_index.size(0) != rows or edge_index.is_floating_point():
         raise ValueError(
-            f"Expected {name} of shape [2, num_edges] with integer entries, got {tuple(edge_index.shape)}"
+            f"Expected {name} of shape [{rows}, num_{'edges' if rows == 2 else 'paths'}] with integer "
+            f"entries, got {tuple(edge_index.shape)}"
         )
     if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):
         raise ValueError(

@@ -160,6 +160,8 @@ def test_bad_inputs_raise_value_errors() -> None:
         conv(torch.randn(3, 2, 8), edge_index, pos=torch.randn(3, 2))
     with pytest.raises(ValueError, match=r"path2_index of shape \[3, num_paths\]"):
         conv(torch.randn(3, 2, 8), edge_index, paths=[torch.zeros(2, 4, dtype=torch.long)])
+    with pytest.raises(ValueError, match=r"path2_index entries in \[0, 3\)"):
+        conv(torch.randn(3, 2, 8), edge_index, paths=[torch.tensor([[0], [5], [1]])])
     with pytest.raises(ValueError, match="edge_channels=0"):
         conv(torch.randn(3, 2, 8), edge_index, edge_attr=torch.randn(4, 1))
     with pytest.raises(ValueError, match=r"\[4, 1\]"):
