@@ -307,6 +307,8 @@ def _check_threshold(threshold: float | tuple[float, float, float] | None):
             raise ValueError(
                 f"threshold must be a positive float, a triple a <= b < c, or None; got {threshold}")
         return float(threshold)
+    if len(threshold) != 3:
+        raise ValueError(f"a Hampel threshold triple must be (a, b, c) with 0 < a <= b < c, got {threshold}")
     a, b, c = (float(t) for t in threshold)
     if not 0 < a <= b < c:
         raise ValueError(f"a Hampel threshold triple must satisfy 0 < a <= b < c, got {threshold}")

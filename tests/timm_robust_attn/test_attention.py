@@ -169,6 +169,7 @@ def test_weight_grad_changes_the_gradient_not_the_output():
         (RKDEAttention, {"loss": "cauchy"}, r"loss must be one of \('huber', 'hampel'\)"),
         (RKDEAttention, {"threshold": -0.1}, "threshold must be a positive float"),
         (RKDEAttention, {"threshold": (0.5, 0.2, 0.9)}, "0 < a <= b < c"),
+        (RKDEAttention, {"threshold": (0.5, 0.9)}, r"must be \(a, b, c\)"),
         (RKDEAttention, {"iterations": -1}, "non-negative int"),
         (SPKDEAttention, {"contamination": 1.0}, r"contamination must be in \[0, 1\)"),
         (MoMAttention, {"num_blocks": 0}, "positive int"),
