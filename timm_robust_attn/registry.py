@@ -45,9 +45,19 @@ def _configured(name: str, options: tuple[tuple[str, Any], ...]) -> type[Attenti
     def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: N807
         base.__init__(self, *args, **{**defaults, **kwargs})
 
+    def __reduce_ex__(self, protocol: int) -> tuple:  # noqa: N807
+        return _new_configured, (name, options), self.__dict__
+
     doc = f"{base.__name__} with defaults {defaults}.\n\n{base.__doc__}"
-    return type(base.__name__, (base,), {"__init__": __init__, "__doc__": doc, "__module__": base.__module__,
+    return type(base.__name__, (base,), {"__init__": __init__, "__reduce_ex__": __reduce_ex__, "__doc__": doc,
+                                         "__module__": base.__module__,
                                          "__qualname__": f"{base.__name__}[{name}]"})
+
+
+def _new_configured(name: str, options: tuple[tuple[str, Any], ...]) -> Attention:
+    """Unpickling helper: an empty instance of the option-bound class (its state is set by pickle)."""
+    cls = _configured(name, options)
+    return cls.__new__(cls)
 
 
 def attention_class(name: str, **options: Any) -> type[Attention]:

@@ -130,3 +130,21 @@ def test_gradient_flows_through_the_whole_model(name):
     torch.nn.functional.cross_entropy(model(images()), torch.tensor([0, 3])).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing
+
+
+def test_model_with_bound_options_pickles_and_deep_copies() -> None:
+    import copy
+    import io
+
+    model = timm.create_model(
+        "vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, attn="rkde",
+        attn_kwargs={"loss": "hampel", "iterations": 2},
+    ).eval()
+    x = torch.randn(2, 3, 32, 32)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    for clone in (torch.load(buffer, weights_only=False), copy.deepcopy(model)):
+        assert type(clone.blocks[0].attn) is type(model.blocks[0].attn)
+        assert clone.blocks[0].attn.loss == "hampel" and clone.blocks[0].attn.iterations == 2
+        torch.testing.assert_close(clone(x), model(x), rtol=0, atol=0)
