@@ -5,8 +5,6 @@ Every class subclasses :class:`timm.layers.Attention`: same constructor keywords
 checkpoint loads unchanged. Only the way queries meet keys changes (Han et al., NeurIPS 2023).
 """
 
-from __future__ import annotations
-
 import math
 from typing import Final
 
@@ -21,7 +19,7 @@ from .functional import (
     kde_attention,
     key_value_grams,
     kirwls_weights,
-    mom_attention,
+    mom_attention_map,
     spkde_weights,
     valid_keys,
     weighted_kde_attention,
@@ -91,8 +89,7 @@ class KDEAttention(Attention):
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         B, N, _ = x.shape
-        gate = getattr(self, "gate", None)
-        gate = gate(x).sigmoid() if gate is not None else None
+        gate = self.gate(x).sigmoid() if self.gate is not None else None
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), F.normalize(self.k_norm(k), dim=-1)
         x = self.attend(q, k, v, attn_mask, is_causal)
@@ -108,7 +105,7 @@ class _WeightedKDEAttention(KDEAttention):
     def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, is_causal: bool) -> Tensor:
         if is_causal:
             raise ValueError(
-                f"{type(self).__name__} weights every key from all the others, which would leak future "
+                "RKDE and SPKDE attention weight every key from all the others, which would leak future "
                 "tokens under is_causal=True; use KDEAttention (attn_layer='kde') for causal attention")
         valid = valid_keys(attn_mask, q.shape[0], q.shape[1], q.shape[2], q.device)
         weight_num, weight_den = self.key_weights(k, v, valid)
@@ -184,10 +181,11 @@ class RKDEAttention(_WeightedKDEAttention):
         if self.iterations == 0:
             uniform = valid / valid.sum(-1, keepdim=True).clamp_min(1)
             return uniform, uniform
-        with torch.set_grad_enabled(self.weight_grad and torch.is_grad_enabled()):
-            gram_k, gram_kv = key_value_grams(k, v, self.bandwidth)
-            weight_num = kirwls_weights(gram_kv, self.iterations, self.loss, self.threshold, valid)
-            weight_den = kirwls_weights(gram_k, self.iterations, self.loss, self.threshold, valid)
+        if not self.weight_grad:  # constants in the backward pass: no graph is recorded for them
+            k, v = k.detach(), v.detach()
+        gram_k, gram_kv = key_value_grams(k, v, self.bandwidth)
+        weight_num = kirwls_weights(gram_kv, self.iterations, self.loss, self.threshold, valid)
+        weight_den = kirwls_weights(gram_k, self.iterations, self.loss, self.threshold, valid)
         return weight_num, weight_den
 
 
@@ -239,9 +237,8 @@ class SPKDEAttention(_WeightedKDEAttention):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, contamination={self.contamination}, steps={self.steps}"
 
-    @torch.no_grad()
     def key_weights(self, k: Tensor, v: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-        gram_k, gram_kv = key_value_grams(k, v, self.bandwidth)
+        gram_k, gram_kv = key_value_grams(k.detach(), v.detach(), self.bandwidth)
         weight_num = spkde_weights(gram_kv, self.contamination, self.steps, valid)
         weight_den = spkde_weights(gram_k, self.contamination, self.steps, valid)
         return weight_num, weight_den
@@ -295,7 +292,8 @@ class MoMAttention(KDEAttention):
         if is_causal:
             attn_mask = torch.ones(N, N, dtype=torch.bool, device=q.device).tril()
         blocks = block_assignment(N, self.num_blocks, q.device, shuffle=self.training)
-        return mom_attention(q, k, v, blocks, self.num_blocks, self.bandwidth, attn_mask, self.attn_drop)
+        attn = mom_attention_map(q, k, blocks, self.num_blocks, self.bandwidth, attn_mask)
+        return self.attn_drop(attn).to(v.dtype) @ v
 
 
 def _check_threshold(threshold: float | tuple[float, float, float] | None):
