@@ -10,7 +10,7 @@ from typing import Final
 
 import torch
 import torch.nn.functional as F
-from timm.layers import Attention
+from timm.layers import Attention, maybe_add_mask, register_notrace_function, resolve_self_attn_mask
 from torch import Tensor, nn
 
 from .functional import (
@@ -23,9 +23,42 @@ from .functional import (
     spkde_weights,
     valid_keys,
     weighted_kde_attention,
+    weighted_kde_attention_map,
 )
 
 __all__ = ["KDEAttention", "RKDEAttention", "SPKDEAttention", "MoMAttention"]
+
+# Data-dependent steps (iterative solvers, shape checks, median choices, branches on the mask) are leaves for
+# torch.fx, as timm does for its own mask helpers: torch.fx.wrap for plain symbolic tracing, timm's registry
+# for timm's and torchvision's feature extractors.
+for _name in ("key_value_grams", "kirwls_weights", "spkde_weights"):
+    torch.fx.wrap(_name)
+    register_notrace_function(globals()[_name])
+
+
+@torch.fx.wrap
+@register_notrace_function
+def weighted_valid_keys(attn_mask: Tensor | None, is_causal: bool, q: Tensor) -> Tensor:
+    """Keys that take part in the robust weights, ``[B, H, N]`` bool; refuses ``is_causal``."""
+    if is_causal:
+        raise ValueError(
+            "RKDE and SPKDE attention weight every key from all the others, which would leak future "
+            "tokens under is_causal=True; use KDEAttention (attn_layer='kde') for causal attention")
+    return valid_keys(attn_mask, q.shape[0], q.shape[1], q.shape[2], q.device)
+
+
+@torch.fx.wrap
+@register_notrace_function
+def mom_attention_blocks(
+        q: Tensor, k: Tensor, num_blocks: int, bandwidth: float, attn_mask: Tensor | None, is_causal: bool,
+        shuffle: bool,
+) -> Tensor:
+    """Median-of-means attention map ``[B, H, N, N]`` over fresh (``shuffle``) or strided key blocks."""
+    N = q.shape[2]
+    if is_causal:
+        attn_mask = torch.ones(N, N, dtype=torch.bool, device=q.device).tril()
+    blocks = block_assignment(N, num_blocks, q.device, shuffle)
+    return mom_attention_map(q, k, blocks, num_blocks, bandwidth, attn_mask)
 
 
 class KDEAttention(Attention):
@@ -81,8 +114,17 @@ class KDEAttention(Attention):
         return f"num_heads={self.num_heads}, bandwidth={self.bandwidth:.3g}"
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, is_causal: bool) -> Tensor:
-        """Mix values ``[B, H, N, D]`` given queries and unit-norm keys; returns ``[B, H, N, D]``."""
-        return kde_attention(q, k, v, self.bandwidth, attn_mask, self._dropout_p(), is_causal)
+        """Mix values ``[B, H, N, D]`` given queries and unit-norm keys; returns ``[B, H, N, D]``.
+
+        Fused SDPA by default; with ``fused_attn`` off (timm's ``set_fused_attn(False)``) the attention map is
+        computed explicitly and passes through ``attn_drop``, where timm's ``AttentionExtract`` sees it.
+        """
+        if self.fused_attn:
+            return kde_attention(q, k, v, self.bandwidth, attn_mask, self._dropout_p(), is_causal)
+        attn = (q * (2 / self.bandwidth)) @ k.transpose(-2, -1)
+        attn = maybe_add_mask(attn, resolve_self_attn_mask(q.shape[2], attn, attn_mask, is_causal))
+        attn = self.attn_drop(attn.softmax(dim=-1))
+        return attn @ v
 
     def _dropout_p(self) -> float:
         return self.attn_drop.p if self.training else 0.0
@@ -103,14 +145,13 @@ class _WeightedKDEAttention(KDEAttention):
     """KDE attention with per-key weights: joint ``[k; v]`` weights above, key weights below the fraction."""
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, is_causal: bool) -> Tensor:
-        if is_causal:
-            raise ValueError(
-                "RKDE and SPKDE attention weight every key from all the others, which would leak future "
-                "tokens under is_causal=True; use KDEAttention (attn_layer='kde') for causal attention")
-        valid = valid_keys(attn_mask, q.shape[0], q.shape[1], q.shape[2], q.device)
+        valid = weighted_valid_keys(attn_mask, is_causal, q)
         weight_num, weight_den = self.key_weights(k, v, valid)
-        return weighted_kde_attention(
-            q, k, v, weight_num, weight_den, self.bandwidth, attn_mask, self._dropout_p())
+        if self.fused_attn:
+            return weighted_kde_attention(
+                q, k, v, weight_num, weight_den, self.bandwidth, attn_mask, self._dropout_p())
+        attn = weighted_kde_attention_map(q, k, weight_num, weight_den, self.bandwidth, attn_mask)
+        return self.attn_drop(attn) @ v
 
     def key_weights(self, k: Tensor, v: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
         """Numerator (joint key-value) and denominator (key) weights, each ``[B, H, N]``."""
@@ -288,11 +329,9 @@ class MoMAttention(KDEAttention):
         return f"{super().extra_repr()}, num_blocks={self.num_blocks}"
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, is_causal: bool) -> Tensor:
-        N = q.shape[2]
-        if is_causal:
-            attn_mask = torch.ones(N, N, dtype=torch.bool, device=q.device).tril()
-        blocks = block_assignment(N, self.num_blocks, q.device, shuffle=self.training)
-        attn = mom_attention_map(q, k, blocks, self.num_blocks, self.bandwidth, attn_mask)
+        """Always explicit: the median-of-means map passes through ``attn_drop``."""
+        attn = mom_attention_blocks(
+            q, k, self.num_blocks, self.bandwidth, attn_mask, is_causal, self.training)
         return self.attn_drop(attn).to(v.dtype) @ v
 
 

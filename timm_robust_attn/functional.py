@@ -15,11 +15,16 @@ import math
 
 import torch
 import torch.nn.functional as F
+from timm.layers import maybe_add_mask, resolve_self_attn_mask
 from torch import Tensor
 
 LOSSES = ("huber", "hampel")
 HAMPEL_QUANTILES = (0.5, 0.75, 0.95)
 WEIGHT_FLOOR = 1e-6
+
+# timm's mask helpers are torch.fx leaves in timm's namespace; make them leaves where this module calls them.
+torch.fx.wrap("maybe_add_mask")
+torch.fx.wrap("resolve_self_attn_mask")
 
 
 def finfo(dtype: torch.dtype) -> tuple[float, float]:
@@ -31,14 +36,6 @@ def finfo(dtype: torch.dtype) -> tuple[float, float]:
     if dtype == torch.bfloat16:
         return 1.1754943508222875e-38, 0.0078125
     return 1.1754943508222875e-38, 1.1920928955078125e-07
-
-
-def additive_mask(attn_mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    """Turn a boolean (True = attend) or additive mask into an additive float mask."""
-    if attn_mask is None or attn_mask.dtype != torch.bool:
-        return attn_mask
-    zero = torch.zeros((), dtype=dtype, device=attn_mask.device)
-    return torch.where(attn_mask, zero, torch.full_like(zero, float("-inf")))
 
 
 def valid_keys(attn_mask: Tensor | None, batch: int, heads: int, tokens: int, device: torch.device) -> Tensor:
@@ -258,13 +255,44 @@ def weighted_kde_attention(
         dropout_p: Attention dropout probability.
         weight_floor: Lower clamp of the weights before their logarithm (``WEIGHT_FLOOR``).
     """
+    log_den, ratio = weighted_kde_terms(weight_num, weight_den, weight_floor)
+    bias = maybe_add_mask(log_den.unsqueeze(-2).to(q.dtype), resolve_self_attn_mask(q.shape[2], q, attn_mask))
+    v = v * ratio.unsqueeze(-1).to(v.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=2 / bandwidth)
+
+
+def weighted_kde_terms(
+        weight_num: Tensor, weight_den: Tensor, weight_floor: float = WEIGHT_FLOOR,
+) -> tuple[Tensor, Tensor]:
+    """Key log-weights :math:`\\log w^{k}_j` (the logit bias) and value factors :math:`w^{kv}_j / w^{k}_j`,
+    each ``[B, H, N]``, from weights clamped below at ``weight_floor``."""
     log_num = weight_num.clamp_min(weight_floor).log()
     log_den = weight_den.clamp_min(weight_floor).log()
-    bias = log_den.unsqueeze(-2).to(q.dtype)
-    mask = additive_mask(attn_mask, q.dtype)
-    bias = bias if mask is None else bias + mask
-    v = v * (log_num - log_den).exp().unsqueeze(-1).to(v.dtype)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=2 / bandwidth)
+    return log_den, (log_num - log_den).exp()
+
+
+def weighted_kde_attention_map(
+        q: Tensor,
+        k: Tensor,
+        weight_num: Tensor,
+        weight_den: Tensor,
+        bandwidth: float,
+        attn_mask: Tensor | None = None,
+        weight_floor: float = WEIGHT_FLOOR,
+) -> Tensor:
+    """The attention map ``A`` of :func:`weighted_kde_attention` (its output is ``A v``), ``[B, H, N, N]``.
+
+    .. math::
+        A_{ij} = \\operatorname{softmax}_j\\big(\\tfrac{2}{\\sigma} q_i^\\top k_j + \\log w^{k}_j\\big)\\,
+        \\frac{w^{kv}_j}{w^{k}_j}
+
+    The explicit (non-fused) path, as timm's ``Attention`` takes under ``set_fused_attn(False)``; rows sum to
+    one only when :math:`w^{kv} = w^{k}`.
+    """
+    log_den, ratio = weighted_kde_terms(weight_num, weight_den, weight_floor)
+    attn = (q * (2 / bandwidth)) @ k.transpose(-2, -1) + log_den.unsqueeze(-2).to(q.dtype)
+    attn = maybe_add_mask(attn, resolve_self_attn_mask(q.shape[2], attn, attn_mask))
+    return attn.softmax(dim=-1) * ratio.unsqueeze(-2).to(attn.dtype)
 
 
 def block_assignment(tokens: int, num_blocks: int, device: torch.device, shuffle: bool) -> Tensor:
@@ -318,7 +346,7 @@ def mom_attention_map(
         attn_mask: Boolean or additive mask broadcastable to ``[B, H, N, N]``.
     """
     logits = (q.float() @ k.float().transpose(-2, -1)) * (2 / bandwidth)
-    mask = additive_mask(attn_mask, logits.dtype)
+    mask = resolve_self_attn_mask(q.shape[2], logits, attn_mask)
     if mask is not None:
         logits = logits + mask
     shift = logits.detach().amax(-1, keepdim=True).nan_to_num(0.0, posinf=0.0, neginf=0.0)
