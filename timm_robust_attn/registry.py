@@ -3,11 +3,18 @@
 ``register()`` (run on ``import timm_robust_attn``; idempotent) does two things:
 
 1. adds ``"kde"``, ``"rkde"``, ``"spkde"`` and ``"mom"`` to ``timm.models.vision_transformer.ATTN_LAYERS``, so
-   ``timm.create_model("vit_tiny_patch16_224", attn_layer="rkde")`` works for every ``VisionTransformer``
-   (``vit_*``, ``deit_*``);
-2. lets ``VisionTransformer`` take ``attn=<name>`` and ``attn_kwargs={...}`` (e.g. through ``create_model``):
-   they are turned into ``attn_layer=attention_class(name, **attn_kwargs)`` before timm's own constructor
-   runs.
+   ``timm.create_model("vit_tiny_patch16_224", attn_layer="rkde")`` (or ``attn_layer=attention_class(...)``)
+   works for every ``VisionTransformer`` whose blocks build their attention from ``attn_layer`` (``Block``,
+   ``ResPostBlock``, ``ParallelThingsBlock``: ``vit_*``, ``deit_*``) without anything else;
+2. wraps ``VisionTransformer.__init__`` once, for what ``attn_layer`` alone cannot do:
+
+   - ``ParallelScalingBlock`` (``vit_*_xp_*``, ``vit_pwee_*``) computes attention inline and ignores
+     ``attn_layer``; only the model's constructor sees both ``attn_layer`` and ``block_fn``, so a robust
+     ``attn_layer`` there selects :class:`~timm_robust_attn.RobustParallelScalingBlock` (same parameters);
+   - a block that would still drop a robust ``attn_layer`` (``DiffParallelScalingBlock``, custom blocks)
+     raises ``ValueError`` after construction instead of silently building softmax attention;
+   - ``attn=<name>, attn_kwargs={...}`` carry options as plain data (configs, ``train.py --model-kwargs``),
+     turned into ``attn_layer=attention_class(name, **attn_kwargs)``.
 """
 
 from __future__ import annotations
