@@ -176,11 +176,13 @@ class _UnitKeys(torch.nn.Module):
         return torch.nn.functional.normalize(k, dim=-1)
 
 
-def test_parallel_scaling_kde_block_equals_timms_block_on_unit_keys():
+@pytest.mark.parametrize("fuse_out_proj", [False, True])
+def test_parallel_scaling_kde_block_equals_timms_block_on_unit_keys(fuse_out_proj):
     """Oracle: timm's own (unfused) ParallelScalingBlock with L2-normalised keys and scale 2/sigma."""
     torch.manual_seed(0)
-    timm_block = ParallelScalingBlock(32, 4, init_values=0.5).eval()
-    robust = RobustParallelScalingBlock(32, 4, init_values=0.5, attn_layer="kde").eval()
+    timm_block = ParallelScalingBlock(32, 4, init_values=0.5, fuse_out_proj=fuse_out_proj).eval()
+    robust = RobustParallelScalingBlock(32, 4, init_values=0.5, fuse_out_proj=fuse_out_proj, attn_layer="kde")
+    robust.eval()
     robust.load_state_dict(timm_block.state_dict(), strict=True)
     timm_block.k_norm, timm_block.fused_attn = _UnitKeys(), False
     timm_block.scale = 2 / robust.attn.bandwidth
