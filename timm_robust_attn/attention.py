@@ -34,6 +34,7 @@ __all__ = ["KDEAttention", "RKDEAttention", "SPKDEAttention", "MoMAttention"]
 for _name in ("key_value_grams", "kirwls_weights", "spkde_weights"):
     torch.fx.wrap(_name)
     register_notrace_function(globals()[_name])
+del _name
 
 
 @torch.fx.wrap
@@ -203,8 +204,9 @@ class RKDEAttention(_WeightedKDEAttention):
             weight_grad: bool = False,
     ) -> None:
         super().__init__(
-            dim, num_heads, attn_head_dim, dim_out, qkv_bias, qk_norm, scale_norm, proj_bias, gated,
-            attn_drop, proj_drop, norm_layer, device, dtype, bandwidth=bandwidth)
+            dim, num_heads=num_heads, attn_head_dim=attn_head_dim, dim_out=dim_out, qkv_bias=qkv_bias,
+            qk_norm=qk_norm, scale_norm=scale_norm, proj_bias=proj_bias, gated=gated, attn_drop=attn_drop,
+            proj_drop=proj_drop, norm_layer=norm_layer, device=device, dtype=dtype, bandwidth=bandwidth)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         self.loss = loss
@@ -266,8 +268,9 @@ class SPKDEAttention(_WeightedKDEAttention):
             steps: int = 20,
     ) -> None:
         super().__init__(
-            dim, num_heads, attn_head_dim, dim_out, qkv_bias, qk_norm, scale_norm, proj_bias, gated,
-            attn_drop, proj_drop, norm_layer, device, dtype, bandwidth=bandwidth)
+            dim, num_heads=num_heads, attn_head_dim=attn_head_dim, dim_out=dim_out, qkv_bias=qkv_bias,
+            qk_norm=qk_norm, scale_norm=scale_norm, proj_bias=proj_bias, gated=gated, attn_drop=attn_drop,
+            proj_drop=proj_drop, norm_layer=norm_layer, device=device, dtype=dtype, bandwidth=bandwidth)
         if not 0 <= contamination < 1:
             raise ValueError(f"contamination must be in [0, 1), got {contamination}")
         if not isinstance(steps, int) or steps < 0:
@@ -318,8 +321,9 @@ class MoMAttention(KDEAttention):
             num_blocks: int = 5,
     ) -> None:
         super().__init__(
-            dim, num_heads, attn_head_dim, dim_out, qkv_bias, qk_norm, scale_norm, proj_bias, gated,
-            attn_drop, proj_drop, norm_layer, device, dtype, bandwidth=bandwidth)
+            dim, num_heads=num_heads, attn_head_dim=attn_head_dim, dim_out=dim_out, qkv_bias=qkv_bias,
+            qk_norm=qk_norm, scale_norm=scale_norm, proj_bias=proj_bias, gated=gated, attn_drop=attn_drop,
+            proj_drop=proj_drop, norm_layer=norm_layer, device=device, dtype=dtype, bandwidth=bandwidth)
         if not isinstance(num_blocks, int) or num_blocks < 1:
             raise ValueError(
                 f"num_blocks must be a positive int (at most the number of tokens), got {num_blocks!r}")
