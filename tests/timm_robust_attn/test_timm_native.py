@@ -166,6 +166,10 @@ def test_parallel_scaling_models_take_the_robust_attention_and_load_timm_state_d
 def test_parallel_scaling_attn_kwargs_and_bound_classes_reach_the_estimator():
     model = make("xp", attn="rkde", attn_kwargs={"loss": "hampel", "iterations": 3})
     assert {(b.attn.loss, b.attn.iterations) for b in model.blocks} == {("hampel", 3)}
+    huge = timm.create_model("vit_huge_patch14_xp_224", attn="spkde", attn_kwargs={"steps": 5}, img_size=28,
+                             embed_dim=64, num_heads=4, depth=1)
+    assert type(huge.blocks[0]) is RobustParallelScalingBlock and huge.blocks[0].attn.steps == 5
+    assert torch.isfinite(huge(torch.randn(1, 3, 28, 28))).all()
     kde = attention_class("kde", bandwidth=3.0)
     model = timm.create_model("vit_pwee_patch16_reg1_gap_256", attn_layer=kde, depth=1, img_size=32)
     assert model.blocks[0].attn.bandwidth == 3.0
