@@ -7,6 +7,7 @@ Registration is idempotent.
 """
 
 from .attention import KDEAttention, MoMAttention, RKDEAttention, SPKDEAttention
+from .blocks import RobustParallelScalingBlock
 from .functional import kirwls_weights, project_simplex, spkde_weights
 from .registry import ROBUST_ATTN_LAYERS, attention_class, convert_attention, register
 
@@ -17,6 +18,7 @@ __all__ = [
     "MoMAttention",
     "RKDEAttention",
     "ROBUST_ATTN_LAYERS",
+    "RobustParallelScalingBlock",
     "SPKDEAttention",
     "attention_class",
     "convert_attention",

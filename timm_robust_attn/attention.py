@@ -5,14 +5,12 @@ Every class subclasses :class:`timm.layers.Attention`: same constructor keywords
 checkpoint loads unchanged. Only the way queries meet keys changes (Han et al., NeurIPS 2023).
 """
 
-from __future__ import annotations
-
 import math
 from typing import Final
 
 import torch
 import torch.nn.functional as F
-from timm.layers import Attention
+from timm.layers import Attention, maybe_add_mask, register_notrace_function, resolve_self_attn_mask
 from torch import Tensor, nn
 
 from .functional import (
@@ -21,13 +19,47 @@ from .functional import (
     kde_attention,
     key_value_grams,
     kirwls_weights,
-    mom_attention,
+    mom_attention_map,
     spkde_weights,
     valid_keys,
     weighted_kde_attention,
+    weighted_kde_attention_map,
 )
 
 __all__ = ["KDEAttention", "RKDEAttention", "SPKDEAttention", "MoMAttention"]
+
+# Data-dependent steps (iterative solvers, shape checks, median choices, branches on the mask) are leaves for
+# torch.fx, as timm does for its own mask helpers: torch.fx.wrap for plain symbolic tracing, timm's registry
+# for timm's and torchvision's feature extractors.
+for _name in ("key_value_grams", "kirwls_weights", "spkde_weights"):
+    torch.fx.wrap(_name)
+    register_notrace_function(globals()[_name])
+del _name
+
+
+@torch.fx.wrap
+@register_notrace_function
+def weighted_valid_keys(attn_mask: Tensor | None, is_causal: bool, q: Tensor) -> Tensor:
+    """Keys that take part in the robust weights, ``[B, H, N]`` bool; refuses ``is_causal``."""
+    if is_causal:
+        raise ValueError(
+            "RKDE and SPKDE attention weight every key from all the others, which would leak future "
+            "tokens under is_causal=True; use KDEAttention (attn_layer='kde') for causal attention")
+    return valid_keys(attn_mask, q.shape[0], q.shape[1], q.shape[2], q.device)
+
+
+@torch.fx.wrap
+@register_notrace_function
+def mom_attention_blocks(
+        q: Tensor, k: Tensor, num_blocks: int, bandwidth: float, attn_mask: Tensor | None, is_causal: bool,
+        shuffle: bool,
+) -> Tensor:
+    """Median-of-means attention map ``[B, H, N, N]`` over fresh (``shuffle``) or strided key blocks."""
+    N = q.shape[2]
+    if is_causal:
+        attn_mask = torch.ones(N, N, dtype=torch.bool, device=q.device).tril()
+    blocks = block_assignment(N, num_blocks, q.device, shuffle)
+    return mom_attention_map(q, k, blocks, num_blocks, bandwidth, attn_mask)
 
 
 class KDEAttention(Attention):
@@ -83,16 +115,24 @@ class KDEAttention(Attention):
         return f"num_heads={self.num_heads}, bandwidth={self.bandwidth:.3g}"
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, is_causal: bool) -> Tensor:
-        """Mix values ``[B, H, N, D]`` given queries and unit-norm keys; returns ``[B, H, N, D]``."""
-        return kde_attention(q, k, v, self.bandwidth, attn_mask, self._dropout_p(), is_causal)
+        """Mix values ``[B, H, N, D]`` given queries and unit-norm keys; returns ``[B, H, N, D]``.
+
+        Fused SDPA by default; with ``fused_attn`` off (timm's ``set_fused_attn(False)``) the attention map is
+        computed explicitly and passes through ``attn_drop``, where timm's ``AttentionExtract`` sees it.
+        """
+        if self.fused_attn:
+            return kde_attention(q, k, v, self.bandwidth, attn_mask, self._dropout_p(), is_causal)
+        attn = (q * (2 / self.bandwidth)) @ k.transpose(-2, -1)
+        attn = maybe_add_mask(attn, resolve_self_attn_mask(q.shape[2], attn, attn_mask, is_causal))
+        attn = self.attn_drop(attn.softmax(dim=-1))
+        return attn @ v
 
     def _dropout_p(self) -> float:
         return self.attn_drop.p if self.training else 0.0
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         B, N, _ = x.shape
-        gate = getattr(self, "gate", None)
-        gate = gate(x).sigmoid() if gate is not None else None
+        gate = self.gate(x).sigmoid() if self.gate is not None else None
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), F.normalize(self.k_norm(k), dim=-1)
         x = self.attend(q, k, v, attn_mask, is_causal)
@@ -106,14 +146,13 @@ class _WeightedKDEAttention(KDEAttention):
     """KDE attention with per-key weights: joint ``[k; v]`` weights above, key weights below the fraction."""
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, is_causal: bool) -> Tensor:
-        if is_causal:
-            raise ValueError(
-                f"{type(self).__name__} weights every key from all the others, which would leak future "
-                "tokens under is_causal=True; use KDEAttention (attn_layer='kde') for causal attention")
-        valid = valid_keys(attn_mask, q.shape[0], q.shape[1], q.shape[2], q.device)
+        valid = weighted_valid_keys(attn_mask, is_causal, q)
         weight_num, weight_den = self.key_weights(k, v, valid)
-        return weighted_kde_attention(
-            q, k, v, weight_num, weight_den, self.bandwidth, attn_mask, self._dropout_p())
+        if self.fused_attn:
+            return weighted_kde_attention(
+                q, k, v, weight_num, weight_den, self.bandwidth, attn_mask, self._dropout_p())
+        attn = weighted_kde_attention_map(q, k, weight_num, weight_den, self.bandwidth, attn_mask)
+        return self.attn_drop(attn) @ v
 
     def key_weights(self, k: Tensor, v: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
         """Numerator (joint key-value) and denominator (key) weights, each ``[B, H, N]``."""
@@ -165,8 +204,9 @@ class RKDEAttention(_WeightedKDEAttention):
             weight_grad: bool = False,
     ) -> None:
         super().__init__(
-            dim, num_heads, attn_head_dim, dim_out, qkv_bias, qk_norm, scale_norm, proj_bias, gated,
-            attn_drop, proj_drop, norm_layer, device, dtype, bandwidth=bandwidth)
+            dim, num_heads=num_heads, attn_head_dim=attn_head_dim, dim_out=dim_out, qkv_bias=qkv_bias,
+            qk_norm=qk_norm, scale_norm=scale_norm, proj_bias=proj_bias, gated=gated, attn_drop=attn_drop,
+            proj_drop=proj_drop, norm_layer=norm_layer, device=device, dtype=dtype, bandwidth=bandwidth)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         self.loss = loss
@@ -184,10 +224,11 @@ class RKDEAttention(_WeightedKDEAttention):
         if self.iterations == 0:
             uniform = valid / valid.sum(-1, keepdim=True).clamp_min(1)
             return uniform, uniform
-        with torch.set_grad_enabled(self.weight_grad and torch.is_grad_enabled()):
-            gram_k, gram_kv = key_value_grams(k, v, self.bandwidth)
-            weight_num = kirwls_weights(gram_kv, self.iterations, self.loss, self.threshold, valid)
-            weight_den = kirwls_weights(gram_k, self.iterations, self.loss, self.threshold, valid)
+        if not self.weight_grad:  # constants in the backward pass: no graph is recorded for them
+            k, v = k.detach(), v.detach()
+        gram_k, gram_kv = key_value_grams(k, v, self.bandwidth)
+        weight_num = kirwls_weights(gram_kv, self.iterations, self.loss, self.threshold, valid)
+        weight_den = kirwls_weights(gram_k, self.iterations, self.loss, self.threshold, valid)
         return weight_num, weight_den
 
 
@@ -227,8 +268,9 @@ class SPKDEAttention(_WeightedKDEAttention):
             steps: int = 20,
     ) -> None:
         super().__init__(
-            dim, num_heads, attn_head_dim, dim_out, qkv_bias, qk_norm, scale_norm, proj_bias, gated,
-            attn_drop, proj_drop, norm_layer, device, dtype, bandwidth=bandwidth)
+            dim, num_heads=num_heads, attn_head_dim=attn_head_dim, dim_out=dim_out, qkv_bias=qkv_bias,
+            qk_norm=qk_norm, scale_norm=scale_norm, proj_bias=proj_bias, gated=gated, attn_drop=attn_drop,
+            proj_drop=proj_drop, norm_layer=norm_layer, device=device, dtype=dtype, bandwidth=bandwidth)
         if not 0 <= contamination < 1:
             raise ValueError(f"contamination must be in [0, 1), got {contamination}")
         if not isinstance(steps, int) or steps < 0:
@@ -239,9 +281,8 @@ class SPKDEAttention(_WeightedKDEAttention):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, contamination={self.contamination}, steps={self.steps}"
 
-    @torch.no_grad()
     def key_weights(self, k: Tensor, v: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-        gram_k, gram_kv = key_value_grams(k, v, self.bandwidth)
+        gram_k, gram_kv = key_value_grams(k.detach(), v.detach(), self.bandwidth)
         weight_num = spkde_weights(gram_kv, self.contamination, self.steps, valid)
         weight_den = spkde_weights(gram_k, self.contamination, self.steps, valid)
         return weight_num, weight_den
@@ -280,8 +321,9 @@ class MoMAttention(KDEAttention):
             num_blocks: int = 5,
     ) -> None:
         super().__init__(
-            dim, num_heads, attn_head_dim, dim_out, qkv_bias, qk_norm, scale_norm, proj_bias, gated,
-            attn_drop, proj_drop, norm_layer, device, dtype, bandwidth=bandwidth)
+            dim, num_heads=num_heads, attn_head_dim=attn_head_dim, dim_out=dim_out, qkv_bias=qkv_bias,
+            qk_norm=qk_norm, scale_norm=scale_norm, proj_bias=proj_bias, gated=gated, attn_drop=attn_drop,
+            proj_drop=proj_drop, norm_layer=norm_layer, device=device, dtype=dtype, bandwidth=bandwidth)
         if not isinstance(num_blocks, int) or num_blocks < 1:
             raise ValueError(
                 f"num_blocks must be a positive int (at most the number of tokens), got {num_blocks!r}")
@@ -291,11 +333,10 @@ class MoMAttention(KDEAttention):
         return f"{super().extra_repr()}, num_blocks={self.num_blocks}"
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, is_causal: bool) -> Tensor:
-        N = q.shape[2]
-        if is_causal:
-            attn_mask = torch.ones(N, N, dtype=torch.bool, device=q.device).tril()
-        blocks = block_assignment(N, self.num_blocks, q.device, shuffle=self.training)
-        return mom_attention(q, k, v, blocks, self.num_blocks, self.bandwidth, attn_mask, self.attn_drop)
+        """Always explicit: the median-of-means map passes through ``attn_drop``."""
+        attn = mom_attention_blocks(
+            q, k, self.num_blocks, self.bandwidth, attn_mask, is_causal, self.training)
+        return self.attn_drop(attn).to(v.dtype) @ v
 
 
 def _check_threshold(threshold: float | tuple[float, float, float] | None):

@@ -15,19 +15,27 @@ import math
 
 import torch
 import torch.nn.functional as F
+from timm.layers import maybe_add_mask, resolve_self_attn_mask
 from torch import Tensor
 
 LOSSES = ("huber", "hampel")
 HAMPEL_QUANTILES = (0.5, 0.75, 0.95)
 WEIGHT_FLOOR = 1e-6
 
+# timm's mask helpers are torch.fx leaves in timm's namespace; make them leaves where this module calls them.
+torch.fx.wrap("maybe_add_mask")
+torch.fx.wrap("resolve_self_attn_mask")
 
-def additive_mask(attn_mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    """Turn a boolean (True = attend) or additive mask into an additive float mask."""
-    if attn_mask is None or attn_mask.dtype != torch.bool:
-        return attn_mask
-    zero = torch.zeros((), dtype=dtype, device=attn_mask.device)
-    return torch.where(attn_mask, zero, torch.full_like(zero, float("-inf")))
+
+def finfo(dtype: torch.dtype) -> tuple[float, float]:
+    """``(tiny, eps)`` of a floating dtype, as ``torch.finfo`` gives them (TorchScript has no ``finfo``)."""
+    if dtype == torch.float64:
+        return 2.2250738585072014e-308, 2.220446049250313e-16
+    if dtype == torch.float16:
+        return 6.103515625e-05, 0.0009765625
+    if dtype == torch.bfloat16:
+        return 1.1754943508222875e-38, 0.0078125
+    return 1.1754943508222875e-38, 1.1920928955078125e-07
 
 
 def valid_keys(attn_mask: Tensor | None, batch: int, heads: int, tokens: int, device: torch.device) -> Tensor:
@@ -59,7 +67,8 @@ def key_value_grams(k: Tensor, v: Tensor, bandwidth: float) -> tuple[Tensor, Ten
         \\log G^{k}_{jl} = \\tfrac{2}{\\sigma}(k_j^\\top k_l - 1),\\qquad
         \\log G^{kv}_{jl} = \\log G^{k}_{jl} - \\tfrac{1}{\\sigma}\\lVert v_j - v_l \\rVert^2
     """
-    *lead, n, _ = k.shape
+    n = k.shape[-2]
+    shape = list(k.shape[:-2]) + [n, n]
     scale = math.sqrt(2 / bandwidth)
     k, v = k.float().reshape(-1, n, k.shape[-1]) * scale, v.float().reshape(-1, n, v.shape[-1]) * scale
     ones = k.new_ones(k.shape[0], n, 1)
@@ -67,7 +76,7 @@ def key_value_grams(k: Tensor, v: Tensor, bandwidth: float) -> tuple[Tensor, Ten
     log_k = torch.cat([k, ones], -1) @ torch.cat([k, ones * (-2 / bandwidth)], -1).transpose(-2, -1)
     log_v = torch.cat([v, -sq, ones], -1) @ torch.cat([v, ones, -sq], -1).transpose(-2, -1)
     log_kv = log_v.add_(log_k)
-    return log_k.exp_().reshape(*lead, n, n), log_kv.exp_().reshape(*lead, n, n)
+    return log_k.exp_().reshape(shape), log_kv.exp_().reshape(shape)
 
 
 def psi_over_r(r: Tensor, loss: str, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
@@ -76,31 +85,39 @@ def psi_over_r(r: Tensor, loss: str, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
     Huber: :math:`\\min(1, a/r)`. Hampel: 1 for :math:`r<a`, :math:`a/r` on :math:`[a,b)`,
     :math:`a(c-r)/((c-b)r)` on :math:`[b,c)`, 0 beyond :math:`c`.
     """
-    safe_r = r.clamp_min(torch.finfo(r.dtype).tiny)
+    tiny, eps = finfo(r.dtype)
+    safe_r = r.clamp_min(tiny)
     huber = torch.minimum(torch.ones_like(r), a / safe_r)
     if loss == "huber":
         return huber
-    descent = a * (c - r) / ((c - b).clamp_min(torch.finfo(r.dtype).eps) * safe_r)
+    descent = a * (c - r) / ((c - b).clamp_min(eps) * safe_r)
     return torch.where(r < b, huber, torch.where(r < c, descent, torch.zeros_like(r)))
 
 
 def _normalise(u: Tensor, valid: Tensor) -> Tensor:
     u = u * valid
-    return u / u.sum(-1, keepdim=True).clamp_min(torch.finfo(u.dtype).tiny)
+    return u / u.sum(-1, keepdim=True).clamp_min(finfo(u.dtype)[0])
 
 
-def _thresholds(r: Tensor, valid: Tensor, loss: str, threshold: float | tuple[float, float, float] | None):
+def _thresholds(
+        r: Tensor, valid: Tensor, loss: str, threshold: float | tuple[float, float, float] | None,
+        quantiles: tuple[float, float, float] = HAMPEL_QUANTILES,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Hampel/Huber thresholds ``(a, b, c)``, each broadcastable to ``r``."""
     if threshold is None:
         masked = torch.where(valid, r, torch.full_like(r, float("nan")))
         if loss == "huber":
             a = masked.nanmedian(-1, keepdim=True).values
             return a, a, a
-        qs = torch.tensor(HAMPEL_QUANTILES, dtype=r.dtype, device=r.device)
+        qs = torch.tensor([quantiles[0], quantiles[1], quantiles[2]], dtype=r.dtype, device=r.device)
         a, b, c = torch.nanquantile(masked, qs, dim=-1, keepdim=True).unbind(0)
         return a, b, c
-    a, b, c = (threshold, 2 * threshold, 3 * threshold) if isinstance(threshold, float | int) else threshold
-    return tuple(torch.tensor(float(t), dtype=r.dtype, device=r.device) for t in (a, b, c))
+    if isinstance(threshold, (float, int)):
+        a, b, c = float(threshold), 2.0 * threshold, 3.0 * threshold
+    else:
+        a, b, c = threshold
+    return (torch.tensor(a, dtype=r.dtype, device=r.device), torch.tensor(b, dtype=r.dtype, device=r.device),
+            torch.tensor(c, dtype=r.dtype, device=r.device))
 
 
 def kirwls_weights(
@@ -131,16 +148,16 @@ def kirwls_weights(
     Returns:
         Weights on the simplex over the valid keys, ``[..., N]``.
     """
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if loss not in ("huber", "hampel"):
+        raise ValueError("loss must be one of ('huber', 'hampel'), got " + loss)
     if valid is None:
         valid = torch.ones(gram.shape[:-1], dtype=torch.bool, device=gram.device)
     w = _normalise(torch.ones_like(gram[..., 0]), valid)
-    a = b = c = None
-    for _ in range(iterations):
+    a = b = c = w  # thresholds, set from the first residuals
+    for step in range(iterations):
         gw = (w.unsqueeze(-2) @ gram).squeeze(-2)  # = G w, G symmetric (row form is the faster bmm)
         r = (1 - 2 * gw + (w * gw).sum(-1, keepdim=True)).clamp_min(0).sqrt()
-        if a is None:
+        if step == 0:
             a, b, c = _thresholds(r, valid, loss, threshold)
         w = _normalise(psi_over_r(r, loss, a, b, c), valid)
     return w
@@ -180,7 +197,7 @@ def spkde_weights(gram: Tensor, contamination: float, steps: int, valid: Tensor 
     gram = gram * (valid.unsqueeze(-1) & valid.unsqueeze(-2))
     uniform = _normalise(torch.ones_like(gram[..., 0]), valid)
     target = uniform / (1 - contamination)
-    step = 1 / gram.sum(-1).amax(-1, keepdim=True).clamp_min(torch.finfo(gram.dtype).eps)
+    step = 1 / gram.sum(-1).amax(-1, keepdim=True).clamp_min(finfo(gram.dtype)[1])
     outside = torch.full_like(uniform, -1e9)
     a = y = uniform
     t = 1.0
@@ -219,6 +236,7 @@ def weighted_kde_attention(
         bandwidth: float,
         attn_mask: Tensor | None = None,
         dropout_p: float = 0.0,
+        weight_floor: float = WEIGHT_FLOOR,
 ) -> Tensor:
     """Re-weighted KDE attention, one fused SDPA call.
 
@@ -235,14 +253,46 @@ def weighted_kde_attention(
         bandwidth: Kernel bandwidth :math:`\\sigma`.
         attn_mask: Boolean or additive mask broadcastable to ``[B, H, N, N]``.
         dropout_p: Attention dropout probability.
+        weight_floor: Lower clamp of the weights before their logarithm (``WEIGHT_FLOOR``).
     """
-    log_num = weight_num.clamp_min(WEIGHT_FLOOR).log()
-    log_den = weight_den.clamp_min(WEIGHT_FLOOR).log()
-    bias = log_den.unsqueeze(-2).to(q.dtype)
-    mask = additive_mask(attn_mask, q.dtype)
-    bias = bias if mask is None else bias + mask
-    v = v * (log_num - log_den).exp().unsqueeze(-1).to(v.dtype)
+    log_den, ratio = weighted_kde_terms(weight_num, weight_den, weight_floor)
+    bias = maybe_add_mask(log_den.unsqueeze(-2).to(q.dtype), resolve_self_attn_mask(q.shape[2], q, attn_mask))
+    v = v * ratio.unsqueeze(-1).to(v.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=2 / bandwidth)
+
+
+def weighted_kde_terms(
+        weight_num: Tensor, weight_den: Tensor, weight_floor: float = WEIGHT_FLOOR,
+) -> tuple[Tensor, Tensor]:
+    """Key log-weights :math:`\\log w^{k}_j` (the logit bias) and value factors :math:`w^{kv}_j / w^{k}_j`,
+    each ``[B, H, N]``, from weights clamped below at ``weight_floor``."""
+    log_num = weight_num.clamp_min(weight_floor).log()
+    log_den = weight_den.clamp_min(weight_floor).log()
+    return log_den, (log_num - log_den).exp()
+
+
+def weighted_kde_attention_map(
+        q: Tensor,
+        k: Tensor,
+        weight_num: Tensor,
+        weight_den: Tensor,
+        bandwidth: float,
+        attn_mask: Tensor | None = None,
+        weight_floor: float = WEIGHT_FLOOR,
+) -> Tensor:
+    """The attention map ``A`` of :func:`weighted_kde_attention` (its output is ``A v``), ``[B, H, N, N]``.
+
+    .. math::
+        A_{ij} = \\operatorname{softmax}_j\\big(\\tfrac{2}{\\sigma} q_i^\\top k_j + \\log w^{k}_j\\big)\\,
+        \\frac{w^{kv}_j}{w^{k}_j}
+
+    The explicit (non-fused) path, as timm's ``Attention`` takes under ``set_fused_attn(False)``; rows sum to
+    one only when :math:`w^{kv} = w^{k}`.
+    """
+    log_den, ratio = weighted_kde_terms(weight_num, weight_den, weight_floor)
+    attn = (q * (2 / bandwidth)) @ k.transpose(-2, -1) + log_den.unsqueeze(-2).to(q.dtype)
+    attn = maybe_add_mask(attn, resolve_self_attn_mask(q.shape[2], attn, attn_mask))
+    return attn.softmax(dim=-1) * ratio.unsqueeze(-2).to(attn.dtype)
 
 
 def block_assignment(tokens: int, num_blocks: int, device: torch.device, shuffle: bool) -> Tensor:
@@ -264,7 +314,24 @@ def mom_attention(
         attn_mask: Tensor | None = None,
         dropout: torch.nn.Module | None = None,
 ) -> Tensor:
-    """Median-of-means KDE attention.
+    """Median-of-means KDE attention :math:`h = \\operatorname{dropout}(A)\\, v` with ``A`` from
+    :func:`mom_attention_map`. Shapes ``[B, H, N, D]``; ``dropout`` is applied to ``A``.
+    """
+    attn = mom_attention_map(q, k, blocks, num_blocks, bandwidth, attn_mask)
+    if dropout is not None:
+        attn = dropout(attn)
+    return attn.to(v.dtype) @ v
+
+
+def mom_attention_map(
+        q: Tensor,
+        k: Tensor,
+        blocks: Tensor,
+        num_blocks: int,
+        bandwidth: float,
+        attn_mask: Tensor | None = None,
+) -> Tensor:
+    """Median-of-means KDE attention map, ``[B, H, N, N]`` in float32.
 
     For each query, the key-density estimate of block :math:`b` is
     :math:`m_b(q_i) = \\frac{1}{|b|}\\sum_{j \\in b} k(q_i, k_j)`; the query attends (Nadaraya-Watson) only to
@@ -272,15 +339,14 @@ def mom_attention(
     Scores and probabilities are computed in float32 so that the median choice does not flip in bfloat16.
 
     Args:
-        q, k, v: ``[B, H, N, D]`` (unit-norm keys).
+        q, k: ``[B, H, N, D]`` (unit-norm keys).
         blocks: Block index of every key, ``[N]`` with values in ``[0, num_blocks)``.
         num_blocks: Number of blocks ``K``.
         bandwidth: Kernel bandwidth :math:`\\sigma`.
         attn_mask: Boolean or additive mask broadcastable to ``[B, H, N, N]``.
-        dropout: Dropout applied to the attention probabilities.
     """
     logits = (q.float() @ k.float().transpose(-2, -1)) * (2 / bandwidth)
-    mask = additive_mask(attn_mask, logits.dtype)
+    mask = resolve_self_attn_mask(q.shape[2], logits, attn_mask)
     if mask is not None:
         logits = logits + mask
     shift = logits.detach().amax(-1, keepdim=True).nan_to_num(0.0, posinf=0.0, neginf=0.0)
@@ -290,7 +356,4 @@ def mom_attention(
     means = (density.detach() @ one_hot) / counts
     median = means.float().nanmedian(-1).indices
     density = density * (blocks == median.unsqueeze(-1))
-    attn = density / density.sum(-1, keepdim=True)
-    if dropout is not None:
-        attn = dropout(attn)
-    return attn.to(v.dtype) @ v
+    return density / density.sum(-1, keepdim=True)
