@@ -27,10 +27,10 @@ from torch import Tensor, nn
 from .monomial import (
     MonomialMixing,
     MonomialPool,
-    _head,
     channels_to_kernels,
     equivariant_activation,
     kernels_to_channels,
+    mlp_head,
 )
 from .weight_space import WeightSpace, WeightSpaceSpec
 
@@ -155,7 +155,7 @@ class MAGEPNFN(nn.Module):
             "psi_io",
             torch.randn(n0, nL, generator=torch.Generator().manual_seed(len(channels))) / (n0 * nL) ** 0.5,
         )
-        self.head = _head(MonomialPool.num_outputs(spec, channels[-1]) + n_poly, head_hidden, out_features)
+        self.head = mlp_head(MonomialPool.num_outputs(spec, channels[-1]) + n_poly, head_hidden, out_features)
 
     def forward(self, ws: WeightSpace) -> Tensor:
         poly = torch.asinh(polynomial_invariants(ws, self.psi_io))  # squashes the high-degree products

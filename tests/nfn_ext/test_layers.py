@@ -119,7 +119,8 @@ def test_nfn_layers_are_permutation_but_not_scale_equivariant(layer_cls: type) -
 
 
 def _notes_count(dims: tuple[int, ...], facs: list[int], c: int, d: int, sign: bool) -> int:
-    """Parameters of the notes' Monomial-NFN layer (kernel positions as extra channels)."""
+    """Parameters of the notes' Monomial-NFN layer (kernel positions as extra channels), plus the
+    W(1) <-> W(2) terms of two-layer sign-flip networks (``G``, ``H``)."""
     n0, nL = dims[0], dims[-1]
     a0, aL = c * facs[0], c * facs[-1]
     b0, bL = d * facs[0], d * facs[-1]
@@ -127,6 +128,8 @@ def _notes_count(dims: tuple[int, ...], facs: list[int], c: int, d: int, sign: b
     hidden = sum(d * f * c * f + d * c for f in facs[1:-1])  # A_mn, B_mn per hidden layer
     last = bL * aL * nL * nL + d * c * nL * nL + d * nL  # A_mnpj, B_mnpj, tau_mj
     sign_terms = bL * c * nL + d * aL * nL if sign else 0  # E_mnj, F_mnp
+    if sign and len(dims) == 3:
+        sign_terms += a0 * n0 * bL * nL + aL * nL * b0 * n0  # G, H
     return first + hidden + last + sign_terms
 
 
