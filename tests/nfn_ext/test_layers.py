@@ -140,18 +140,21 @@ def test_parameter_count_matches_the_notes(kind: str, act: str) -> None:
     layer = MonomialLinear(ws.spec, 3, 5)
     expected = _notes_count(ws.spec.dims, facs, 3, 5, act == "tanh")
     assert sum(p.numel() for p in layer.parameters()) == expected
-    magep = MAGEPLinear(
-        ws.spec, 3, 5
-    )  # same template on [W, X, Y] and [b, beta]: F_l = C (fac_l + 2), G_l = 2C
-    n0, nL = ws.spec.dims[0], ws.spec.dims[-1]
+    # MAGEP: the same template on [W, WW, bW] and [b, beta] (F_l = C (fac_l + 2), G_l = 2C), plus the
+    # hidden-bias contractions (C', 3C, n_0), the last-bias contraction (C', 3C, n_L, n_0, n_L) and the trace
+    # map (C' n_L, 2C (L-1))
+    n0, nL, L = ws.spec.dims[0], ws.spec.dims[-1], ws.spec.num_layers
     f_in = [3 * (f + 2) for f in facs]
     f_out = [5 * f for f in facs]
-    count = (f_in[0] * n0 + 6) * (f_out[0] * n0 + 5) + sum(
-        a * b + 6 * 5 for a, b in zip(f_in[1:-1], f_out[1:-1], strict=True)
-    )
-    count += f_in[-1] * nL * f_out[-1] * nL + 6 * nL * 5 * nL + 5 * nL
-    count += (6 * f_out[-1] * nL + f_in[-1] * nL * 5) if act == "tanh" else 0
-    assert sum(p.numel() for p in magep.parameters()) == count
+    first = (f_in[0] * n0 + 6) * (f_out[0] * n0 + 5)
+    hidden = sum(a * b + 6 * 5 for a, b in zip(f_in[1:-1], f_out[1:-1], strict=True))
+    last = f_in[-1] * nL * f_out[-1] * nL + 6 * nL * 5 * nL + 5 * nL
+    sign = (6 * f_out[-1] * nL + f_in[-1] * nL * 5) if act == "tanh" else 0
+    if act == "tanh" and L == 2:  # G, H
+        sign += f_in[0] * n0 * f_out[-1] * nL + f_in[-1] * nL * f_out[0] * n0
+    products = (L - 2) * 5 * 9 * n0 + 5 * nL * 9 * nL * n0 + 5 * nL * 6 * (L - 1)
+    magep = MAGEPLinear(ws.spec, 3, 5)
+    assert sum(p.numel() for p in magep.parameters()) == first + hidden + last + sign + products
 
 
 def test_layer_input_validation() -> None:
