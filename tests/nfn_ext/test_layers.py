@@ -17,6 +17,7 @@ from nfn_ext import (
 )
 from nfn_ext.baselines import FlatMLP, NFNBaseline, StatNN
 from nfn_ext.magep import polynomial_invariants
+from nfn_ext.monomial import FactorisedLinear
 
 from .helpers import make_cnn, make_mlp, max_abs, max_diff, random_space
 
@@ -171,3 +172,45 @@ def test_stacked_magep_layers_stay_finite_on_large_weights() -> None:
     )
     out = MAGEPNFN(ws.spec, (8, 8, 8), 16)(ws)
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(("kind", "act"), CASES)
+@pytest.mark.parametrize("layer_cls", [MonomialLinear, MAGEPLinear])
+def test_factorised_layers_are_equivariant(kind: str, act: str, layer_cls: type) -> None:
+    ws = _space(kind, act, channels=2)
+    layer = layer_cls(ws.spec, 2, 3, rank=2).double()
+    g = _group(ws)
+    out = layer(ws)
+    assert max_abs(out) > 1e-2
+    assert max_diff(layer(g.act(ws)), g.act(out)) <= 1e-9 * max(1.0, max_abs(g.act(out)))
+
+
+def test_factorised_layer_has_fewer_parameters_and_keeps_the_per_entry_map() -> None:
+    ws = random_space(make_mlp("relu", (64, 16, 16, 10)), batch=2, channels=8)
+    full, low = MonomialLinear(ws.spec, 8, 8), MonomialLinear(ws.spec, 8, 8, rank=8)
+    n_full, n_low = (sum(p.numel() for p in m.parameters()) for m in (full, low))
+    assert n_low * 10 < n_full
+    first = low.mixing.first
+    assert isinstance(first, FactorisedLinear) and first.channel.shape == (8, 8)
+    # with U V = 0 the first layer is the per-pixel channel mixing A (x) I, exactly
+    with torch.no_grad():
+        first.up.weight.zero_()
+    x = torch.randn(5, 8 * 64 + 8)
+    expected = torch.einsum("oc,bcn->bon", first.channel, x[:, :512].view(5, 8, 64)).flatten(1)
+    out = first(x)
+    torch.testing.assert_close(out[:, :512], expected)
+    torch.testing.assert_close(out[:, 512:], first.extra(x[:, 512:]))
+    assert "rank=8" in repr(low)
+    with pytest.raises(ValueError, match="expected rank None or >= 1"):
+        MonomialLinear(ws.spec, 8, 8, rank=0)
+
+
+@pytest.mark.parametrize("layer_cls", [MonomialLinear, MAGEPLinear])
+def test_reset_parameters_reinitialises_every_parameter(layer_cls: type) -> None:
+    ws = _space("mlp3", "tanh", channels=2)
+    layer = layer_cls(ws.spec, 2, 3)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.fill_(7.0)
+    layer.reset_parameters()
+    assert all((p != 7.0).any() for p in layer.parameters())
