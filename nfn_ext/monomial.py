@@ -105,8 +105,8 @@ class FactorisedLinear(nn.Module):
 
 
 def dense(in_features: int, out_features: int, rank: int | None = None, bias: bool = False) -> nn.Module:
-    """``nn.Linear``, or the rank-``rank`` product of two when that has fewer parameters."""
-    if rank is None or rank * (in_features + out_features) >= in_features * out_features:
+    """``nn.Linear``, or the rank-``rank`` product of two when that has at most half the parameters."""
+    if rank is None or 2 * rank * (in_features + out_features) > in_features * out_features:
         return nn.Linear(in_features, out_features, bias=bias)
     return nn.Sequential(nn.Linear(in_features, rank, bias=False), nn.Linear(rank, out_features, bias=bias))
 
@@ -120,10 +120,11 @@ def fixed_width_linear(
     rank: int | None,
     bias: bool = False,
 ) -> nn.Module:
-    """The dense map on ``[u (in_blocks, n), e (in_extra)]`` (complete), or :class:`FactorisedLinear`."""
+    """The dense map on ``[u (in_blocks, n), e (in_extra)]`` (complete), or :class:`FactorisedLinear` when
+    ``rank`` is set and that has at most half the parameters (e.g. not for ``n = 1``)."""
     n_in, n_out = in_blocks * n + in_extra, out_blocks * n + out_extra
-    full = n_in * n_out
-    if rank is None or rank * (n_in + n_out) + in_blocks * out_blocks + in_extra * out_extra >= full:
+    factorised = rank * (n_in + n_out) + in_blocks * out_blocks + in_extra * out_extra if rank else 0
+    if rank is None or 2 * factorised > n_in * n_out:  # keep the complete map unless it halves the count
         return nn.Linear(n_in, n_out, bias=bias)
     return FactorisedLinear(n, in_blocks, in_extra, out_blocks, out_extra, rank, bias)
 
