@@ -136,6 +136,8 @@ class MAGEPLinear(nn.Module):
                 m.reset_parameters()
 
     def forward(self, ws: WeightSpace) -> WeightSpace:
+        """``ws`` may also be ``nfn``'s ``WeightSpaceFeatures``; the output is then one too."""
+        features, ws = ws, WeightSpace.coerce(ws, self.spec)
         if ws.channels != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got {ws.channels}")
         L = ws.num_layers
@@ -185,7 +187,8 @@ class MAGEPLinear(nn.Module):
         out_w = [
             channels_to_kernels(w, layer.kernel) for w, layer in zip(out_w, self.spec.layers, strict=True)
         ]
-        return WeightSpace(out_w, out_b, ws.spec)
+        out = WeightSpace(out_w, out_b, ws.spec)
+        return out if features is ws else out.to_nfn()
 
     def extra_repr(self) -> str:
         rank = "" if self.rank is None else f", rank={self.rank}"
@@ -246,6 +249,7 @@ class MAGEPNFN(nn.Module):
         self.head = mlp_head(MonomialPool.num_outputs(spec, channels[-1]) + n_poly, head_hidden, out_features)
 
     def forward(self, ws: WeightSpace) -> Tensor:
+        ws = WeightSpace.coerce(ws, self.pool.spec)
         poly = torch.asinh(polynomial_invariants(ws, self.psi_io))  # squashes the high-degree products
         for layer in self.layers:
             ws = layer(ws).map(self.activation)

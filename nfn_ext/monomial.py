@@ -257,13 +257,16 @@ class MonomialLinear(nn.Module):
         self.mixing.reset_parameters()
 
     def forward(self, ws: WeightSpace) -> WeightSpace:
+        """``ws`` may also be ``nfn``'s ``WeightSpaceFeatures``; the output is then one too."""
+        features, ws = ws, WeightSpace.coerce(ws, self.spec)
         if ws.channels != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got {ws.channels}")
         out_w, out_b = self.mixing([kernels_to_channels(w) for w in ws.weights], ws.biases)
         out_w = [
             channels_to_kernels(w, layer.kernel) for w, layer in zip(out_w, self.spec.layers, strict=True)
         ]
-        return WeightSpace(out_w, out_b, ws.spec)
+        out = WeightSpace(out_w, out_b, ws.spec)
+        return out if features is ws else out.to_nfn()
 
     def extra_repr(self) -> str:
         rank = "" if self.rank is None else f", rank={self.rank}"
@@ -304,6 +307,7 @@ class MonomialPool(nn.Module):
         return x * self.scale[kind].view(shape) + self.shift[kind].view(shape)
 
     def forward(self, ws: WeightSpace) -> Tensor:
+        ws = WeightSpace.coerce(ws, self.spec)
         L, out = ws.num_layers, []
         for l, (w, b) in enumerate(zip(ws.weights, ws.biases, strict=True)):
             w = self._invariant(
@@ -368,6 +372,7 @@ class MonomialNFN(nn.Module):
         self.head = mlp_head(MonomialPool.num_outputs(spec, channels[-1]), head_hidden, out_features)
 
     def forward(self, ws: WeightSpace) -> Tensor:
+        ws = WeightSpace.coerce(ws, self.pool.spec)
         for layer in self.layers:
             ws = layer(ws).map(self.activation)
         return self.head(self.pool(ws))
@@ -400,6 +405,7 @@ class MonomialEquivariantNFN(nn.Module):
         self.activation = equivariant_activation(spec.group)
 
     def forward(self, ws: WeightSpace) -> WeightSpace:
+        """``ws`` may also be ``nfn``'s ``WeightSpaceFeatures``; the output is then one too."""
         for i, layer in enumerate(self.layers):
             ws = layer(ws)
             if i < len(self.layers) - 1:

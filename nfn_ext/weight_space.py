@@ -411,6 +411,16 @@ class WeightSpace:
         """Wrap an :class:`nfn.common.WeightSpaceFeatures` with the architecture ``spec``."""
         return cls(features.weights, features.biases, spec)
 
+    @classmethod
+    def coerce(cls, features: Any, spec: WeightSpaceSpec) -> WeightSpace:
+        """``features`` itself if it is a :class:`WeightSpace`; an ``nfn`` ``WeightSpaceFeatures`` wrapped
+        with ``spec``. This is how every ``nfn_ext`` layer and model also takes ``nfn``'s features."""
+        if isinstance(features, WeightSpace):
+            return features
+        if hasattr(features, "weights") and hasattr(features, "biases"):
+            return cls.from_nfn(features, spec)
+        raise TypeError(f"expected a WeightSpace or nfn WeightSpaceFeatures, got {type(features).__name__}")
+
     def __repr__(self) -> str:
         return (
             f"WeightSpace(batch={self.batch_size}, channels={self.channels}, dims={self.spec.dims}, "

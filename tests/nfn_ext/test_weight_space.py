@@ -181,3 +181,27 @@ def test_nfn_layers_run_on_a_weight_space_through_to_nfn() -> None:
     layer = HNPLinear(network_spec_from_wsfeat(ws.to_nfn()), 1, 3)
     out = WeightSpace.from_nfn(layer(ws.to_nfn()), ws.spec)
     assert (out.batch_size, out.channels) == (2, 3)
+
+
+def test_nfn_ext_layers_and_models_take_nfn_features() -> None:
+    from nfn.layers import NPLinear, TupleOp
+
+    from nfn_ext import MAGEPLinear, MonomialEquivariantNFN, MonomialLinear, MonomialNFN
+
+    ws = WeightSpace.from_modules([make_mlp("relu") for _ in range(2)])
+    feats = ws.to_nfn()
+    layer = MonomialLinear(ws.spec, 1, 2)
+    out = layer(feats)
+    assert isinstance(out, WeightSpaceFeatures)
+    assert all(torch.equal(a, b) for a, b in zip(out.weights, layer(ws).weights, strict=True))
+    assert isinstance(MAGEPLinear(ws.spec, 1, 2)(feats), WeightSpaceFeatures)
+    assert isinstance(MonomialEquivariantNFN(ws.spec, (2,))(feats), WeightSpaceFeatures)
+    # mixed in one nfn pipeline: nfn layer -> nfn_ext layer -> nfn activation
+    pipeline = nn.Sequential(
+        NPLinear(network_spec_from_wsfeat(feats), 1, 2), MonomialLinear(ws.spec, 2, 3), TupleOp(nn.ReLU())
+    )
+    assert pipeline(feats).weights[0].shape == (2, 3, 7, 5)
+    model = MonomialNFN(ws.spec, (2,), 8)
+    torch.testing.assert_close(model(feats), model(ws))
+    with pytest.raises(TypeError, match="expected a WeightSpace or nfn WeightSpaceFeatures"):
+        layer([torch.zeros(1)])
