@@ -101,13 +101,17 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("dims", "act", "conv"), CASES)
-@pytest.mark.parametrize(("c_in", "c_out"), [(1, 1), (2, 1)])
+# one channel everywhere; two input channels (channel mixing inside every term) on a 2- and a 3-layer net
+CHANNEL_CASES = [(*case, 1, 1) for case in CASES] + [
+    ((2, 3, 2), "tanh", False, 2, 1),
+    ((2, 3, 2, 2), "relu", False, 2, 1),
+]
+
+
+@pytest.mark.parametrize(("dims", "act", "conv", "c_in", "c_out"), CHANNEL_CASES)
 def test_monomial_linear_spans_every_equivariant_linear_map(
     dims: tuple[int, ...], act: str, conv: bool, c_in: int, c_out: int
 ) -> None:
-    if conv and c_in > 1:
-        pytest.skip("kernel positions already are channels")
     ws = WeightSpace.from_module(_net(dims, act, conv)).double()
     layer = MonomialLinear(ws.spec, c_in, c_out).double()
     span = layer_span(layer, ws, c_in)
