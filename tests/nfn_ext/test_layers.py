@@ -214,3 +214,12 @@ def test_reset_parameters_reinitialises_every_parameter(layer_cls: type) -> None
             p.fill_(7.0)
     layer.reset_parameters()
     assert all((p != 7.0).any() for p in layer.parameters())
+
+
+def test_pool_reset_parameters() -> None:
+    pool = MonomialPool(_space("mlp3", "relu").spec, 3)
+    with torch.no_grad():
+        pool.scale.fill_(7.0)
+        pool.shift.fill_(7.0)
+    pool.reset_parameters()
+    assert torch.equal(pool.scale, torch.ones(2, 3)) and torch.equal(pool.shift, torch.zeros(2, 3))
