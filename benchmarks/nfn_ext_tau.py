@@ -4,12 +4,14 @@ Builds (or reuses) zoos with ``nfn_ext.zoo`` under ``--root``, trains every mode
 ``nfn_ext.train.predict_accuracy`` and prints one Markdown table per zoo: parameter count, tau on the clean
 test networks and tau after moving the test networks by random group elements (ReLU zoos: log-uniform
 scalings in ``[1/s, s]`` with permutations; tanh zoos: sign flips with permutations). A model
-``monomial:r8`` / ``magep:r8`` is the layer with factorised rank-8 maps on the fixed widths; each such row is
-followed by its paired difference (same splits and data order) to the complete layer, with a 95% t
-interval. Each (zoo, model, settings, seed) result is cached as JSON, so an interrupted run resumes.
+``monomial:r8`` / ``magep:r8`` has factorised rank-8 maps on the wide fixed widths, ``monomial:full`` the
+complete dense layers, plain ``monomial`` / ``magep`` the model's default (factorised rank 8 / dense); each
+variant's clean tau is followed by its paired difference (same splits and data order) to the plain model,
+with a 95% t interval. Each (zoo, model, settings, seed) result is cached as JSON, so an interrupted run
+resumes.
 
     python -m benchmarks.nfn_ext_tau --arch mlp cnn --activation relu --n 200 --epochs 20 --seeds 0 1 2 \
-        --models monomial monomial:r8 magep magep:r8 np hnp statnn mlp
+        --models monomial monomial:full magep magep:r8 np hnp statnn mlp
 """
 
 from __future__ import annotations
@@ -37,7 +39,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=300, help="networks per zoo")
     parser.add_argument("--hidden", type=int, default=None, help="zoo width (default: 16 for mlp, 8 for cnn)")
     parser.add_argument(
-        "--models", nargs="+", default=list(MODELS), help=f"of {MODELS}; monomial:rN / magep:rN for rank N"
+        "--models",
+        nargs="+",
+        default=list(MODELS),
+        help=f"of {MODELS}; monomial/magep:rN for rank N, :full for the complete layers",
     )
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--channels", type=int, nargs="+", default=[8, 8])
@@ -96,11 +101,13 @@ def main() -> None:
 
 
 def _parse_model(spec: str) -> tuple[str, int | None]:
-    """``"monomial"`` -> ``("monomial", None)``, ``"monomial:r8"`` -> ``("monomial", 8)``."""
-    name, _, rank = spec.partition(":r")
-    if name not in MODELS or (rank and (name not in ("monomial", "magep") or not rank.isdigit())):
-        raise SystemExit(f"expected a model in {MODELS} or monomial:rN / magep:rN, got {spec!r}")
-    return name, int(rank) if rank else None
+    """``"monomial"`` -> ``("monomial", None)`` (model default), ``"monomial:r8"`` -> ``("monomial", 8)``,
+    ``"monomial:full"`` -> ``("monomial", 0)`` (complete dense layers)."""
+    name, _, variant = spec.partition(":")
+    ok = not variant or (name in ("monomial", "magep") and (variant == "full" or variant[1:].isdigit()))
+    if name not in MODELS or not ok or (variant and variant != "full" and variant[0] != "r"):
+        raise SystemExit(f"expected a model in {MODELS} or monomial/magep:rN / :full, got {spec!r}")
+    return name, None if not variant else 0 if variant == "full" else int(variant[1:])
 
 
 def _mean_ci(values: list[float]) -> str:

@@ -40,6 +40,7 @@ from .monomial import (
     equivariant_activation,
     kernels_to_channels,
     mlp_head,
+    wide_rank,
 )
 from .weight_space import WeightSpace, WeightSpaceSpec
 
@@ -126,8 +127,11 @@ class MAGEPLinear(nn.Module):
             spec.group == "sign",
             rank,
         )
-        self.hidden_bias_products = nn.ModuleList(dense(3 * C * n0, out_channels, rank) for _ in range(L - 2))
-        self.last_bias_products = dense(3 * C * nL * n0, out_channels * nL, rank)
+        rank_in = wide_rank(n0, rank)
+        self.hidden_bias_products = nn.ModuleList(
+            dense(3 * C * n0, out_channels, rank_in) for _ in range(L - 2)
+        )
+        self.last_bias_products = dense(3 * C * nL * n0, out_channels * nL, rank_in or wide_rank(nL, rank))
         self.last_bias_traces = nn.Linear(2 * C * (L - 1), out_channels * nL, bias=False)
 
     def reset_parameters(self) -> None:

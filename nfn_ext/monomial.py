@@ -54,6 +54,10 @@ def scale_normalize(x: Tensor, dim: int = 1) -> Tensor:
     return y / torch.linalg.vector_norm(y, dim=dim, keepdim=True).clamp_min(1.0)
 
 
+#: Default rank of the invariant :class:`MonomialNFN` (the layers' own default is the complete ``None``).
+DEFAULT_RANK = 8
+
+
 def equivariant_activation(group: str) -> nn.Module:
     """ReLU commutes with positive scalings; tanh (odd) commutes with sign flips."""
     return nn.ReLU() if group == "scale" else nn.Tanh()
@@ -111,6 +115,11 @@ def dense(in_features: int, out_features: int, rank: int | None = None, bias: bo
     return nn.Sequential(nn.Linear(in_features, rank, bias=False), nn.Linear(rank, out_features, bias=bias))
 
 
+def wide_rank(n: int, rank: int | None) -> int | None:
+    """``rank`` for a fixed width ``n > 2 rank`` (where a rank-``rank`` map is a saving), else ``None``."""
+    return rank if rank is not None and n > 2 * rank else None
+
+
 def fixed_width_linear(
     n: int,
     in_blocks: int,
@@ -136,9 +145,10 @@ class MonomialMixing(nn.Module):
         dims: ``(n_0, ..., n_L)``.
         in_weight, in_bias, out_weight, out_bias: feature counts per layer (``F_l``, ``G_l``, ...).
         sign: add the sign-flip terms ``E``, ``F`` (and ``G``, ``H`` for two-layer networks).
-        rank: ``None`` for the complete layer; else the maps on the fixed input/output widths (``A`` of the
-            first and last layer, the last bias map and the sign-flip terms) are :class:`FactorisedLinear`
-            / rank-``rank`` products where that has fewer parameters.
+        rank: ``None`` for the complete layer; else the maps on a fixed input/output width ``n > 2 rank``
+            (``A`` of the first layer for ``n_0``; ``A`` and ``B`` of the last layer and the sign-flip terms
+            for ``n_L``) are :class:`FactorisedLinear` / rank-``rank`` products where that at least halves
+            their parameters.
 
     Shapes:
         - input: ``weights[l]`` ``(B, F_l, n_{l+1}, n_l)``, ``biases[l]`` ``(B, G_l, n_{l+1})``
@@ -164,21 +174,22 @@ class MonomialMixing(nn.Module):
         self.dims, self.sign, self.rank = tuple(dims), sign, rank
         self.out_weight, self.out_bias = tuple(out_weight), tuple(out_bias)
         n0, nL = dims[0], dims[-1]
-        self.first = fixed_width_linear(n0, in_weight[0], in_bias[0], out_weight[0], out_bias[0], rank)
+        rank_in, rank_out = wide_rank(n0, rank), wide_rank(nL, rank)
+        self.first = fixed_width_linear(n0, in_weight[0], in_bias[0], out_weight[0], out_bias[0], rank_in)
         self.hidden_weight = nn.ParameterList(
             nn.Parameter(torch.empty(out_weight[l], in_weight[l])) for l in range(1, L - 1)
         )
         self.hidden_bias = nn.ParameterList(
             nn.Parameter(torch.empty(out_bias[l], in_bias[l])) for l in range(1, L - 1)
         )
-        self.last_weight = fixed_width_linear(nL, in_weight[-1], 0, out_weight[-1], 0, rank)
-        self.last_bias = fixed_width_linear(nL, in_bias[-1], 0, out_bias[-1], 0, rank, bias=True)
+        self.last_weight = fixed_width_linear(nL, in_weight[-1], 0, out_weight[-1], 0, rank_out)
+        self.last_bias = fixed_width_linear(nL, in_bias[-1], 0, out_bias[-1], 0, rank_out, bias=True)
         if sign:
-            self.sign_e = dense(in_bias[-2], out_weight[-1] * nL, rank)
-            self.sign_f = dense(in_weight[-1] * nL, out_bias[-2], rank)
+            self.sign_e = dense(in_bias[-2], out_weight[-1] * nL, rank_out)
+            self.sign_f = dense(in_weight[-1] * nL, out_bias[-2], rank_out)
             if L == 2:  # d_j = 1 / d_j: rows of W(1) and columns of W(2) move alike
-                self.sign_g = dense(in_weight[0] * n0, out_weight[-1] * nL, rank)
-                self.sign_h = dense(in_weight[-1] * nL, out_weight[0] * n0, rank)
+                self.sign_g = dense(in_weight[0] * n0, out_weight[-1] * nL, rank_in or rank_out)
+                self.sign_h = dense(in_weight[-1] * nL, out_weight[0] * n0, rank_in or rank_out)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -228,8 +239,9 @@ class MonomialLinear(nn.Module):
         spec: architecture of the input networks (its activation picks scalings or sign flips).
         in_channels, out_channels: feature channels.
         rank: ``None`` (default) for the complete layer, which spans every equivariant linear map; an
-            integer factorises the maps on the fixed input/output widths (:class:`FactorisedLinear`), which
-            drops the ``C C' n_0^2`` first-layer term to ``C C' + r (C + C') n_0`` parameters.
+            integer factorises the maps on fixed input/output widths wider than ``2 rank``
+            (:class:`FactorisedLinear`), which drops the ``C C' n_0^2`` first-layer term to
+            ``C C' + r (C + C') n_0`` parameters.
 
     Shapes:
         - input: :class:`WeightSpace` with ``weights[l]`` ``(B, C_in, n_{l+1}, n_l[, kh, kw])``
@@ -346,7 +358,9 @@ class MonomialNFN(nn.Module):
         head_hidden: width of the MLP head.
         out_features: outputs per network (e.g. 1 logit for test-accuracy prediction).
         in_channels: channels of the input weight space.
-        rank: passed to every :class:`MonomialLinear` (``None``: the complete layers).
+        rank: passed to every :class:`MonomialLinear`; default :data:`DEFAULT_RANK` (factorised maps on
+            fixed widths above 16, e.g. the 64 input pixels of the MLP zoo, where it measured as good as the
+            complete layer); ``None`` for the complete layers.
 
     Shapes:
         - input: :class:`WeightSpace` ``(B, in_channels, ...)``
@@ -360,7 +374,7 @@ class MonomialNFN(nn.Module):
         head_hidden: int = 128,
         out_features: int = 1,
         in_channels: int = 1,
-        rank: int | None = None,
+        rank: int | None = DEFAULT_RANK,
     ) -> None:
         super().__init__()
         channels = [in_channels, *hidden_channels]
@@ -382,7 +396,8 @@ class MonomialEquivariantNFN(nn.Module):
     """Equivariant Monomial-NFN for editing weights: ``ws -> delta`` with ``delta(g . ws) = g . delta(ws)``.
 
     Args:
-        spec, hidden_channels, in_channels, out_channels, rank: as in :class:`MonomialNFN`.
+        spec, hidden_channels, in_channels, out_channels: as in :class:`MonomialNFN`.
+        rank: passed to every :class:`MonomialLinear` (default ``None``: the complete layers).
 
     Shapes:
         - input: :class:`WeightSpace` ``(B, in_channels, ...)``

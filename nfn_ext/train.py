@@ -4,8 +4,9 @@ Trains one of ``monomial``, ``magep``, ``np``, ``hnp``, ``statnn``, ``mlp`` on a
 (``python -m nfn_ext.zoo``) with binary cross-entropy on the accuracy, and reports Kendall's tau on a
 held-out split, clean and with the test networks moved by random group elements: ``--augment-scale S ...``
 (ReLU zoos: log-uniform scalings in ``[1/s, s]`` with permutations) or ``--augment-sign`` (tanh zoos: sign
-flips with permutations). ``--rank R`` builds the Monomial/MAGEP layers with the factorised (rank-R) maps
-on the fixed input/output widths instead of the complete dense ones.
+flips with permutations). ``--rank R`` sets the rank of the factorised maps of the Monomial/MAGEP layers
+(``0``: the complete dense layers; default: the model's own, factorised rank 8 for Monomial-NFN and dense
+for MAGEP-NFN).
 """
 
 from __future__ import annotations
@@ -38,12 +39,16 @@ def build_model(
     head_hidden: int = 64,
     rank: int | None = None,
 ) -> nn.Module:
-    """One of :data:`MODELS` for networks of architecture ``spec`` (one output logit); ``rank`` goes to the
-    Monomial/MAGEP layers (``None``: complete dense maps)."""
+    """One of :data:`MODELS` for networks of architecture ``spec`` (one output logit).
+
+    ``rank`` of the Monomial/MAGEP layers: ``None`` keeps the model's default (``MonomialNFN``: factorised,
+    :data:`~nfn_ext.monomial.DEFAULT_RANK`; ``MAGEPNFN``: the authors' dense maps), ``0`` the complete dense
+    maps, ``r > 0`` factorised rank-``r`` maps."""
+    kwargs = {} if rank is None else {"rank": rank or None}
     if name == "monomial":
-        return MonomialNFN(spec, hidden_channels, head_hidden, rank=rank)
+        return MonomialNFN(spec, hidden_channels, head_hidden, **kwargs)
     if name == "magep":
-        return MAGEPNFN(spec, hidden_channels, head_hidden, rank=rank)
+        return MAGEPNFN(spec, hidden_channels, head_hidden, **kwargs)
     if name in ("np", "hnp"):
         return NFNBaseline(spec, name, hidden_channels, head_hidden)
     if name == "statnn":
@@ -51,6 +56,13 @@ def build_model(
     if name == "mlp":
         return FlatMLP(spec, head_hidden)
     raise ValueError(f"expected a model in {MODELS}, got {name!r}")
+
+
+def model_label(name: str, rank: int | None) -> str:
+    """``monomial``, ``monomial:full`` (rank 0) or ``monomial:r8``; ``name`` for models without layers."""
+    if rank is None or name not in ("monomial", "magep"):
+        return name
+    return f"{name}:full" if rank == 0 else f"{name}:r{rank}"
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -88,7 +100,8 @@ def predict_accuracy(
         augment_scales: ReLU zoos: also score the test networks moved by permutations and log-uniform
             scalings in ``[1/s, s]``, one entry per ``s``.
         augment_sign: tanh zoos: also score them moved by permutations and sign flips.
-        rank: factorised maps of the Monomial/MAGEP layers (``None``: complete).
+        rank: of the Monomial/MAGEP layers, as in :func:`build_model` (``None``: model default, ``0``:
+            complete dense maps).
 
     Returns:
         ``{"model", "params", "n_train", "n_test", "tau", "tau_augmented": {label: tau}}`` where the
@@ -128,7 +141,7 @@ def predict_accuracy(
             opt.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
     result: dict[str, Any] = {
-        "model": model if rank is None or model not in ("monomial", "magep") else f"{model}:r{rank}",
+        "model": model_label(model, rank),
         "params": count_parameters(net),
         "n_train": len(train_y),
         "n_test": n_test,
@@ -180,8 +193,8 @@ def main(argv: list[str] | None = None) -> None:
         "--rank",
         type=int,
         default=None,
-        help="factorised rank-R maps on the fixed input/output widths of the monomial/magep layers "
-        "(default: the complete dense layers)",
+        help="rank of the factorised maps on wide fixed input/output widths of the monomial/magep layers; "
+        "0 for the complete dense layers (default: the model's default, 8 for monomial, dense for magep)",
     )
     pa.add_argument("--seed", type=int, default=0)
     pa.add_argument("--json", help="also write the result to this file")

@@ -223,3 +223,21 @@ def test_pool_reset_parameters() -> None:
         pool.shift.fill_(7.0)
     pool.reset_parameters()
     assert torch.equal(pool.scale, torch.ones(2, 3)) and torch.equal(pool.shift, torch.zeros(2, 3))
+
+
+def test_invariant_model_factorises_only_wide_fixed_widths_by_default() -> None:
+    from nfn_ext.train import build_model
+
+    mlp = random_space(make_mlp("relu", (64, 16, 16, 10)), batch=1).spec
+    cnn = random_space(make_cnn("relu"), batch=1).spec
+    assert MonomialLinear(mlp, 1, 8).rank is None  # the layer's default is the complete layer
+    model = MonomialNFN(mlp, (8, 8))
+    mixing = model.layers[1].mixing
+    assert isinstance(mixing.first, FactorisedLinear)  # 64 input pixels > 2 * rank
+    assert isinstance(mixing.last_weight, torch.nn.Linear)  # 10 classes: kept complete
+    full = MonomialNFN(mlp, (8, 8), rank=None)
+    assert sum(p.numel() for p in model.parameters()) * 5 < sum(p.numel() for p in full.parameters())
+    n_cnn = [sum(p.numel() for p in MonomialNFN(cnn, (8, 8), rank=r).parameters()) for r in (8, None)]
+    assert n_cnn[0] == n_cnn[1]  # narrow input/output: nothing to factorise
+    assert build_model("monomial", mlp, rank=0).layers[0].rank is None
+    assert build_model("monomial", mlp).layers[0].rank == 8
