@@ -112,7 +112,7 @@ CHANNEL_CASES = [(*case, 1, 1) for case in CASES] + [
 def test_monomial_linear_spans_every_equivariant_linear_map(
     dims: tuple[int, ...], act: str, conv: bool, c_in: int, c_out: int
 ) -> None:
-    ws = WeightSpace.from_module(_net(dims, act, conv)).double()
+    ws = WeightSpace.from_module(_net(dims, act, conv)).map(torch.Tensor.double)
     layer = MonomialLinear(ws.spec, c_in, c_out).double()
     span = layer_span(layer, ws, c_in)
     constraints = equivariance_constraints(ws, c_in, c_out)
@@ -123,7 +123,7 @@ def test_monomial_linear_spans_every_equivariant_linear_map(
 
 def test_completeness_check_catches_a_missing_term() -> None:
     """Dropping the sign-flip term b(L-1) -> W(L) leaves the layer equivariant but incomplete."""
-    ws = WeightSpace.from_module(_net((2, 3, 2, 2), "tanh", False)).double()
+    ws = WeightSpace.from_module(_net((2, 3, 2, 2), "tanh", False)).map(torch.Tensor.double)
     layer = MonomialLinear(ws.spec, 1, 1).double()
     full = int(torch.linalg.matrix_rank(layer_span(layer, ws, 1)))
     layer.mixing.sign_e.weight.requires_grad_(False)
