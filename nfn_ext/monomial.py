@@ -76,6 +76,12 @@ class FactorisedLinear(nn.Module):
     ``U`` ``(C_out n + E_out, r)``. It is still a linear map of ``x`` (so equivariant wherever the dense one
     is), with ``O(C C' + r (C + C') n)`` parameters instead of ``O(C C' n^2)``.
 
+    Args:
+        n: the fixed width (``n_0`` or ``n_L``).
+        in_blocks, in_extra, out_blocks, out_extra: ``C_in``, ``E_in``, ``C_out``, ``E_out``.
+        rank: ``r``.
+        bias: add a constant ``c`` (the ``tau`` of the last bias).
+
     Shapes:
         - input: ``(*, C_in n + E_in)``; output: ``(*, C_out n + E_out)``
     """
