@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .monomial import _head
+from .monomial import mlp_head
 from .weight_space import WeightSpace, WeightSpaceSpec
 
 
@@ -60,7 +60,7 @@ class NFNBaseline(nn.Module):
             layers.append(TupleOp(nn.ReLU()))
         pool = NPPool if kind == "np" else HNPPool
         self.layers = nn.Sequential(*layers, pool(net_spec), nn.Flatten())
-        self.head = _head(pool.get_num_outs(net_spec) * channels[-1], head_hidden, out_features)
+        self.head = mlp_head(pool.get_num_outs(net_spec) * channels[-1], head_hidden, out_features)
 
     def forward(self, ws: WeightSpace) -> Tensor:
         return self.head(self.layers(ws.to_nfn()))
@@ -73,7 +73,7 @@ class StatNN(nn.Module):
         self, spec: WeightSpaceSpec, head_hidden: int = 128, out_features: int = 1, in_channels: int = 1
     ) -> None:
         super().__init__()
-        self.head = _head(14 * spec.num_layers * in_channels, head_hidden, out_features)
+        self.head = mlp_head(14 * spec.num_layers * in_channels, head_hidden, out_features)
         self.register_buffer("quantiles", torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]))
 
     def forward(self, ws: WeightSpace) -> Tensor:
@@ -93,7 +93,7 @@ class FlatMLP(nn.Module):
     ) -> None:
         super().__init__()
         n_params = sum(layer.n_out * layer.n_in * layer.filter_size + layer.n_out for layer in spec.layers)
-        self.head = _head(n_params * in_channels, head_hidden, out_features)
+        self.head = mlp_head(n_params * in_channels, head_hidden, out_features)
 
     def forward(self, ws: WeightSpace) -> Tensor:
         return self.head(ws.flatten().flatten(1))

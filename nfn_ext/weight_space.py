@@ -8,6 +8,7 @@ the activation and the module recipe), so that the symmetry group is known and a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -58,9 +59,10 @@ class WeightSpaceSpec:
     Args:
         layers: the weight layers in order.
         activation: ``"relu"``, ``"leaky_relu"`` or ``"tanh"``; it fixes the symmetry group.
-        recipe: the ``nn.Sequential`` as tokens ``("layer", l)``, ``("act",)``, ``("dropout", p)``,
-            ``("pool",)`` (global average pool), ``("flatten",)``.
-        negative_slope: slope of LeakyReLU.
+        recipe: the ``nn.Sequential`` as tokens ``("layer", l)``, ``("act",)`` (``("act", slope)`` for
+            LeakyReLU, each with its own slope), ``("dropout", p)``, ``("pool",)`` (global average pool),
+            ``("flatten",)``.
+        negative_slope: slope of the first LeakyReLU (each activation's own slope is in ``recipe``).
     """
 
     layers: tuple[LayerSpec, ...]
@@ -90,7 +92,10 @@ class WeightSpaceSpec:
                 modules.append(self.layers[token[1]].build())
             elif token[0] == "act":
                 act = ACTIVATIONS[self.activation]
-                modules.append(act(self.negative_slope) if self.activation == "leaky_relu" else act())
+                if self.activation == "leaky_relu":
+                    modules.append(act(token[1] if len(token) > 1 else self.negative_slope))
+                else:
+                    modules.append(act())
             elif token[0] == "dropout":
                 modules.append(nn.Dropout(token[1]))
             elif token[0] == "pool":
@@ -115,7 +120,7 @@ class WeightSpaceSpec:
             )
         layers: list[LayerSpec] = []
         recipe: list[tuple[Any, ...]] = []
-        activation, slope = None, 0.01
+        activation, slope = None, None
         act_since_layer, pooled, flat = True, False, False
         for child in module:
             if isinstance(child, nn.Linear | nn.Conv2d):
@@ -170,8 +175,11 @@ class WeightSpaceSpec:
                         f"mixed activations ({activation} and {name}) have no common symmetry group"
                     )
                 activation = name
-                slope = getattr(child, "negative_slope", slope)
-                recipe.append(("act",))
+                if isinstance(child, nn.LeakyReLU):
+                    slope = child.negative_slope if slope is None else slope
+                    recipe.append(("act", child.negative_slope))
+                else:
+                    recipe.append(("act",))
                 act_since_layer = True
             elif isinstance(child, nn.Dropout):
                 recipe.append(("dropout", child.p))
@@ -193,7 +201,12 @@ class WeightSpaceSpec:
             )
         if activation is None:
             raise ValueError("expected a ReLU, LeakyReLU or Tanh activation between the weight layers")
-        return cls(tuple(layers), activation, tuple(recipe), slope)
+        return cls(tuple(layers), activation, tuple(recipe), 0.01 if slope is None else slope)
+
+
+def _natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key of a module path with numeric parts as numbers: ``"2" < "10"``, ``"fc2" < "fc10"``."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name) if part)
 
 
 class WeightSpace:
@@ -238,9 +251,16 @@ class WeightSpace:
         return self.batch_size
 
     def __getitem__(self, index: int | slice | Tensor) -> WeightSpace:
-        """Networks ``index`` of the batch (an int keeps a batch dimension of 1)."""
+        """Networks ``index`` of the batch (an int keeps a batch dimension of 1).
+
+        Raises:
+            IndexError: for an int outside ``[-B, B)``.
+        """
         if isinstance(index, int):
-            index = slice(index, index + 1 if index != -1 else None)
+            if not -self.batch_size <= index < self.batch_size:
+                raise IndexError(f"network index {index} out of range for a batch of {self.batch_size}")
+            index %= self.batch_size
+            index = slice(index, index + 1)
         return WeightSpace([w[index] for w in self.weights], [b[index] for b in self.biases], self.spec)
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> WeightSpace:
@@ -251,7 +271,22 @@ class WeightSpace:
         return self.map(Tensor.detach)
 
     def to(self, *args: Any, **kwargs: Any) -> WeightSpace:
+        """Like :meth:`torch.Tensor.to` on every tensor (device and/or dtype)."""
         return self.map(lambda t: t.to(*args, **kwargs))
+
+    def float(self) -> WeightSpace:
+        return self.to(torch.float32)
+
+    def double(self) -> WeightSpace:
+        return self.to(torch.float64)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.weights[0].dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.weights[0].device
 
     def __add__(self, other: WeightSpace) -> WeightSpace:
         return WeightSpace(
@@ -286,8 +321,7 @@ class WeightSpace:
     @classmethod
     def from_module(cls, module: nn.Module) -> WeightSpace:
         """The weights of an ``nn.Sequential`` MLP or CNN as a batch of one network with one channel."""
-        spec = WeightSpaceSpec.from_module(module)
-        return cls.from_state_dict(module.state_dict(), spec)
+        return cls.from_state_dict(module.state_dict(), module)
 
     @classmethod
     def from_modules(cls, modules: Sequence[nn.Module]) -> WeightSpace:
@@ -297,14 +331,40 @@ class WeightSpace:
     def from_state_dict(
         cls, state_dict: Mapping[str, Tensor], spec: WeightSpaceSpec | nn.Module
     ) -> WeightSpace:
-        """Read ``[w_0, b_0, w_1, b_1, ...]`` (``nn.Sequential`` key order) for the architecture ``spec``."""
+        """Read the weight and bias of each weight layer of ``spec`` from ``state_dict``, by key.
+
+        Keys are ``<module>.weight`` / ``<module>.bias``. The module names are those of ``spec`` when it is
+        an ``nn.Module`` and the positions of :meth:`WeightSpaceSpec.build_module` otherwise; if those keys
+        are not all there, the modules are put in order by name with numeric parts compared as numbers
+        (``2`` before ``10``, ``net.2`` before ``net.10``). Either way the key order of ``state_dict`` does
+        not matter (e.g. the sorted keys of ``safetensors.torch.load_file`` load).
+
+        Raises:
+            ValueError: if a module lacks its weight or bias, or the number of modules is not ``L``.
+        """
         if isinstance(spec, nn.Module):
+            names = [n for n, m in spec.named_children() if isinstance(m, nn.Linear | nn.Conv2d)]
             spec = WeightSpaceSpec.from_module(spec)
-        tensors = [t for key, t in state_dict.items() if key.endswith(("weight", "bias"))]
-        if len(tensors) != 2 * spec.num_layers:
-            raise ValueError(f"expected {2 * spec.num_layers} weight/bias tensors, got {len(tensors)}")
-        weights = [t.detach()[None, None] for t in tensors[0::2]]
-        biases = [t.detach()[None, None] for t in tensors[1::2]]
+        else:
+            names = [str(pos) for pos, token in enumerate(spec.recipe) if token[0] == "layer"]
+        entries: dict[str, dict[str, Tensor]] = {}
+        for key, t in state_dict.items():
+            prefix, _, name = key.rpartition(".")
+            if name in ("weight", "bias"):
+                entries.setdefault(prefix, {})[name] = t
+        if len(entries) != spec.num_layers:
+            raise ValueError(
+                f"expected {2 * spec.num_layers} weight/bias tensors ({spec.num_layers} modules), got "
+                f"{sum(len(e) for e in entries.values())} in {len(entries)} modules: {sorted(entries)}"
+            )
+        if set(names) != set(entries):
+            names = sorted(entries, key=_natural_key)
+        weights, biases = [], []
+        for prefix in names:
+            if set(entries[prefix]) != {"weight", "bias"}:
+                raise ValueError(f"expected both {prefix}.weight and {prefix}.bias in the state dict")
+            weights.append(entries[prefix]["weight"].detach()[None, None])
+            biases.append(entries[prefix]["bias"].detach()[None, None])
         return cls(weights, biases, spec)
 
     @classmethod
@@ -325,14 +385,23 @@ class WeightSpace:
             out[f"{key}.weight"], out[f"{key}.bias"] = w[index, 0].clone(), b[index, 0].clone()
         return out
 
-    def to_module(self, index: int = 0) -> nn.Sequential:
-        """Network ``index`` as a working ``nn.Sequential``."""
+    def to_module(self, index: int = 0, train: bool = False) -> nn.Sequential:
+        """Network ``index`` as a working ``nn.Sequential``, in eval mode unless ``train=True``.
+
+        Eval mode is the default so that the round trip is exact for networks with ``Dropout`` (a fresh
+        module would be in training mode and drop units at random); call ``.train()`` to fine-tune it.
+        """
         module = self.spec.build_module().to(self.weights[0].dtype)
         module.load_state_dict(self.to_state_dict(index))
-        return module
+        return module.train(train)
 
     def to_nfn(self) -> Any:
-        """The same tensors as an :class:`nfn.common.WeightSpaceFeatures` (needs the ``nfn`` package)."""
+        """The same tensors as an :class:`nfn.common.WeightSpaceFeatures` (needs the ``nfn`` package).
+
+        This is the one call to make where ``nfn`` expects its features (its layers index and iterate
+        over layers, while a :class:`WeightSpace` indexes networks): ``nfn_layer(ws.to_nfn())``, and back
+        with ``WeightSpace.from_nfn(out, ws.spec)``.
+        """
         from nfn.common import WeightSpaceFeatures
 
         return WeightSpaceFeatures(self.weights, self.biases)
@@ -341,6 +410,16 @@ class WeightSpace:
     def from_nfn(cls, features: Any, spec: WeightSpaceSpec) -> WeightSpace:
         """Wrap an :class:`nfn.common.WeightSpaceFeatures` with the architecture ``spec``."""
         return cls(features.weights, features.biases, spec)
+
+    @classmethod
+    def coerce(cls, features: Any, spec: WeightSpaceSpec) -> WeightSpace:
+        """``features`` itself if it is a :class:`WeightSpace`; an ``nfn`` ``WeightSpaceFeatures`` wrapped
+        with ``spec``. This is how every ``nfn_ext`` layer and model also takes ``nfn``'s features."""
+        if isinstance(features, WeightSpace):
+            return features
+        if hasattr(features, "weights") and hasattr(features, "biases"):
+            return cls.from_nfn(features, spec)
+        raise TypeError(f"expected a WeightSpace or nfn WeightSpaceFeatures, got {type(features).__name__}")
 
     def __repr__(self) -> str:
         return (

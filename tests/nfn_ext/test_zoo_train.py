@@ -1,5 +1,6 @@
 """Model zoo building/resuming/loading and the accuracy-prediction trainer, on tiny settings."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,27 @@ def test_parallel_build_matches_serial(tmp_path: Path) -> None:
     assert torch.equal(serial.accuracy, parallel.accuracy)
     for a, b in zip(serial.weights.weights, parallel.weights.weights, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def tiny_tanh_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_zoo(tmp_path_factory.mktemp("zoo_tanh"), "mlp", "tanh", n=8, hidden=5, progress=False)
+
+
+def test_sign_flip_augmentation_is_an_explicit_option(tiny_zoo: Path, tiny_tanh_zoo: Path) -> None:
+    kwargs = {"epochs": 1, "batch_size": 4, "hidden_channels": (2,), "head_hidden": 8, "progress": False}
+    result = predict_accuracy(tiny_tanh_zoo, "monomial", test_fraction=0.5, augment_sign=True, **kwargs)
+    assert set(result["tau_augmented"]) == {"sign+perm"}
+    assert predict_accuracy(tiny_tanh_zoo, "statnn", test_fraction=0.5, **kwargs)["tau_augmented"] == {}
+    with pytest.raises(ValueError, match="use augment_sign=True"):
+        predict_accuracy(tiny_tanh_zoo, "monomial", augment_scales=[10.0], **kwargs)
+    with pytest.raises(ValueError, match="sign flips are not a symmetry of ReLU"):
+        predict_accuracy(tiny_zoo, "monomial", augment_sign=True, **kwargs)
+
+
+def test_cli_augment_sign_and_rank(tiny_tanh_zoo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    args = ["predict-accuracy", "--zoo", str(tiny_tanh_zoo), "--epochs", "1", "--channels", "2"]
+    train_main([*args, "--augment-sign", "--rank", "4", "--test-fraction", "0.5", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["model"] == "monomial:r4" and set(result["tau_augmented"]) == {"sign+perm"}
