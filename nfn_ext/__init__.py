@@ -8,9 +8,12 @@ Weight spaces of MLPs/CNNs (:class:`WeightSpace`), the monomial group acting on 
 from .group import MonomialGroupElement, random_group_element
 from .magep import MAGEPNFN, MAGEPLinear
 from .monomial import MonomialEquivariantNFN, MonomialLinear, MonomialNFN, MonomialPool
+from .transformer_group import AttentionGroupElement
+from .transformer_space import TransformerWeightSpace, TransformerWeightSpaceSpec
 from .weight_space import LayerSpec, WeightSpace, WeightSpaceSpec
 
 __all__ = [
+    "AttentionGroupElement",
     "MAGEPNFN",
     "LayerSpec",
     "MAGEPLinear",
@@ -19,6 +22,8 @@ __all__ = [
     "MonomialLinear",
     "MonomialNFN",
     "MonomialPool",
+    "TransformerWeightSpace",
+    "TransformerWeightSpaceSpec",
     "WeightSpace",
     "WeightSpaceSpec",
     "random_group_element",
