@@ -2,12 +2,11 @@
 
 ``python -m nfn_ext.zoo build --arch transformer --n 300 --out zoo/vit`` trains :class:`SmallViT` s with the
 Small Transformer Zoo's design (Tran et al., ICLR 2025): 4x4 patches, fixed sinusoidal positions,
-pre-LayerNorm
-blocks *without* residual connections, non-affine LayerNorms, 2 heads, ``D <= 32``, 2 blocks, mean pooling and
-a linear classifier. Hyperparameters come from :data:`GRID` (optimizer, learning rate, init std, L2, train
-fraction, dropout); each member is checkpointed after the epochs in :data:`CHECKPOINTS`, and every checkpoint
-is one zoo entry labelled with its test accuracy. Members are written atomically to ``out/members/NNNNN.pt``,
-so a build resumes; ``--workers`` spreads them over processes.
+pre-LayerNorm blocks *without* residual connections, non-affine LayerNorms, 2 heads, ``D <= 32``, 2 blocks,
+mean pooling and a linear classifier. Hyperparameters come from :data:`GRID` (optimizer, learning rate, init
+std, L2, train fraction, dropout); each member is checkpointed after the epochs in :data:`CHECKPOINTS`, and
+every checkpoint is one zoo entry labelled with its test accuracy. Members are written atomically to
+``out/members/NNNNN.pt``, so a build resumes; ``--workers`` spreads them over processes.
 """
 
 from __future__ import annotations
