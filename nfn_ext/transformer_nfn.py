@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from .transformer_space import TransformerWeightSpace, TransformerWeightSpaceSpec
 
 _EPS = 1e-12
+_QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def _augment(w: Tensor, b: Tensor) -> Tensor:
@@ -212,21 +213,33 @@ def signed_log(x: Tensor) -> Tensor:
 
 
 class TransformerInvariantPool(nn.Module):
-    r"""Invariant features ``(B, num_features)``: per block and channel, the head means of ``S_h`` and
-    ``T_h``, the hidden-neuron means of ``[W_A; b_A]``, ``W_B`` and of their squares, and ``b_O``, ``b_B``;
-    then :func:`signed_log`."""
+    r"""Invariant features ``(B, num_features)``, per block and channel: the head means of ``S_h`` and
+    ``T_h``; the hidden-neuron means of ``[W_A; b_A]``, ``W_B`` and of their squares; ``b_O``, ``b_B``; and
+    STATNN-style statistics (mean, variance, quantiles 0, 1/4, 1/2, 3/4, 1) of the entries of all ``S_h``, all
+    ``T_h``, ``[W_A; b_A]``, ``W_B``, ``b_O`` and ``b_B`` (functions of invariant or permuted entries, hence
+    invariant); then :func:`signed_log`."""
 
     def __init__(self, spec: TransformerWeightSpaceSpec, channels: int) -> None:
         super().__init__()
         self.spec, self.channels = spec, channels
         D = spec.d_model
-        self.num_features = channels * spec.num_blocks * ((D + 1) ** 2 + (D + 1) * D + 2 * (D + 1) + 4 * D)
+        per_block = (D + 1) ** 2 + (D + 1) * D + 2 * (D + 1) + 4 * D + 6 * len(_QUANTILES) + 12
+        self.num_features = channels * spec.num_blocks * per_block
+        self.register_buffer("quantiles", torch.tensor(_QUANTILES), persistent=False)
+
+    def _stats(self, x: Tensor) -> Tensor:
+        """``(B, C, L, n) -> (B, C, L, 2 + len(quantiles))``; zeros for ``n = 0``."""
+        if x.shape[-1] == 0:
+            return x.new_zeros(*x.shape[:-1], 2 + len(self.quantiles))
+        q = torch.quantile(x, self.quantiles.to(x.dtype), dim=-1).movedim(0, -1)
+        return torch.cat([x.mean(-1, keepdim=True), x.var(-1, keepdim=True, correction=0), q], dim=-1)
 
     def forward(self, ws: TransformerWeightSpace) -> Tensor:
         s, t = head_invariants(ws)
         a = _augment(ws.wa, ws.ba)
         mlp = [_mean(a, -1), _mean(a**2, -1), _mean(ws.wb, -2), _mean(ws.wb**2, -2)]
-        feats = [s.mean(3).flatten(3), t.mean(3).flatten(3), *mlp, ws.bo, ws.bb]
+        stats = [self._stats(x.flatten(3)) for x in (s, t, a, ws.wb, ws.bo, ws.bb)]
+        feats = [s.mean(3).flatten(3), t.mean(3).flatten(3), *mlp, ws.bo, ws.bb, *stats]
         return signed_log(torch.cat(feats, dim=-1).flatten(1))
 
 
