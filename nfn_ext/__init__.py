@@ -11,9 +11,11 @@ from .monomial import MonomialEquivariantNFN, MonomialLinear, MonomialNFN, Monom
 from .transformer_group import AttentionGroupElement
 from .transformer_nfn import TransformerNFN
 from .transformer_space import TransformerWeightSpace, TransformerWeightSpaceSpec
+from .transformer_train import AccuracyPredictor
 from .weight_space import LayerSpec, WeightSpace, WeightSpaceSpec
 
 __all__ = [
+    "AccuracyPredictor",
     "AttentionGroupElement",
     "MAGEPNFN",
     "LayerSpec",

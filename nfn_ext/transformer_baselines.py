@@ -82,7 +82,8 @@ _QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 def weight_statistics(ws: TransformerWeightSpace) -> Tensor:
     """STATNN features (Unterthiner et al., 2020): mean, variance and quantiles 0, 1/4, 1/2, 3/4, 1 of every
-    tensor of every block. Returns ``(B, 7 * 12 * L * C)``."""
+    tensor of every block. Returns ``(B, C * L * 12 * 7)``, ordered (channel, block, tensor of
+    :data:`~nfn_ext.transformer_space.FIELDS`, statistic)."""
     q = torch.tensor(_QUANTILES, dtype=ws.wq.dtype)
     feats = []
     for name in FIELDS:

@@ -217,13 +217,16 @@ class TransformerInvariantPool(nn.Module):
     ``T_h``; the hidden-neuron means of ``[W_A; b_A]``, ``W_B`` and of their squares; ``b_O``, ``b_B``; and
     STATNN-style statistics (mean, variance, quantiles 0, 1/4, 1/2, 3/4, 1) of the entries of all ``S_h``, all
     ``T_h``, ``[W_A; b_A]``, ``W_B``, ``b_O`` and ``b_B`` (functions of invariant or permuted entries, hence
-    invariant); then :func:`signed_log`."""
+    invariant); then :func:`signed_log`. ``dense=True`` adds the head means of ``S_h``, ``T_h`` entry by entry
+    (``(D+1)(2D+1)`` features; on the digits zoo they overfit)."""
 
-    def __init__(self, spec: TransformerWeightSpaceSpec, channels: int) -> None:
+    def __init__(self, spec: TransformerWeightSpaceSpec, channels: int, dense: bool = False) -> None:
         super().__init__()
-        self.spec, self.channels = spec, channels
+        self.spec, self.channels, self.dense = spec, channels, dense
         D = spec.d_model
-        per_block = (D + 1) ** 2 + (D + 1) * D + 2 * (D + 1) + 4 * D + 6 * len(_QUANTILES) + 12
+        per_block = 2 * (D + 1) + 4 * D + 6 * len(_QUANTILES) + 12
+        if dense:
+            per_block += (D + 1) ** 2 + (D + 1) * D
         self.num_features = channels * spec.num_blocks * per_block
         self.register_buffer("quantiles", torch.tensor(_QUANTILES), persistent=False)
 
@@ -239,7 +242,9 @@ class TransformerInvariantPool(nn.Module):
         a = _augment(ws.wa, ws.ba)
         mlp = [_mean(a, -1), _mean(a**2, -1), _mean(ws.wb, -2), _mean(ws.wb**2, -2)]
         stats = [self._stats(x.flatten(3)) for x in (s, t, a, ws.wb, ws.bo, ws.bb)]
-        feats = [s.mean(3).flatten(3), t.mean(3).flatten(3), *mlp, ws.bo, ws.bb, *stats]
+        feats = [*mlp, ws.bo, ws.bb, *stats]
+        if self.dense:
+            feats += [s.mean(3).flatten(3), t.mean(3).flatten(3)]
         return signed_log(torch.cat(feats, dim=-1).flatten(1))
 
 
@@ -253,6 +258,7 @@ class TransformerNFN(nn.Module):
         head_hidden: width of the MLP head.
         out_features: outputs per model.
         in_channels: channels of the input weight space.
+        dense_pool: see :class:`TransformerInvariantPool`.
 
     Shapes:
         input: :class:`TransformerWeightSpace` with ``B`` models; output ``(B, out_features)``.
@@ -265,6 +271,7 @@ class TransformerNFN(nn.Module):
         head_hidden: int = 64,
         out_features: int = 1,
         in_channels: int = 1,
+        dense_pool: bool = False,
     ) -> None:
         super().__init__()
         self.spec = spec
@@ -273,7 +280,7 @@ class TransformerNFN(nn.Module):
         for a, b in zip(channels[:-1], channels[1:], strict=True):
             layers += [TransformerLinear(spec, a, b), TransformerReLU()]
         self.layers = nn.Sequential(*layers)
-        self.pool = TransformerInvariantPool(spec, channels[-1])
+        self.pool = TransformerInvariantPool(spec, channels[-1], dense_pool)
         self.head = nn.Sequential(
             nn.LayerNorm(self.pool.num_features),
             nn.Linear(self.pool.num_features, head_hidden),

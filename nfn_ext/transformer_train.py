@@ -53,7 +53,8 @@ def fit(
     """Adam on binary cross-entropy between ``sigmoid(model(ws))`` and ``accuracy``, cosine learning rate.
 
     Batches are drawn from a generator seeded by ``seed`` (the same order for every model: paired runs).
-    Returns Kendall's tau on ``val`` after every epoch (empty without ``val``).
+    With ``val``, the weights of the epoch with the best validation Kendall's tau are restored at the end
+    (early stopping). Returns Kendall's tau on ``val`` after every epoch (empty without ``val``).
     """
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(epochs, 1))
@@ -72,6 +73,10 @@ def fit(
         if val is not None:
             curve.append(kendall_tau(predict_logits(model, val[0]), val[1]))
             bar.set_postfix(loss=f"{loss.item():.4f}", val_tau=f"{curve[-1]:.3f}")
+            if curve[-1] >= max(curve):
+                best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if val is not None:
+        model.load_state_dict(best)
     return curve
 
 

@@ -28,13 +28,15 @@ from .transformer_space import TransformerWeightSpace
 
 GRID: dict[str, list[Any]] = {
     "optimizer": ["sgd", "adam", "rmsprop"],
-    "lr": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2],
-    "init_std": [0.02, 0.05, 0.1, 0.2, 0.5],
+    "lr": [3e-4, 1e-3, 3e-3, 1e-2],
+    "init_std": [0.05, 0.1, 0.2, 0.4],
     "l2": [0.0, 1e-4, 1e-3, 1e-2],
     "train_fraction": [0.1, 0.25, 0.5, 1.0],
     "dropout": [0.0, 0.1, 0.2],
 }
 CHECKPOINTS = (1, 2, 4, 8)
+#: an epoch is at least this many batches of 32 (small train fractions repeat their examples)
+MIN_STEPS = 20
 
 
 def sinusoidal_positions(n: int, d: int) -> Tensor:
@@ -143,7 +145,8 @@ def train_member(config: dict[str, Any], index: int) -> dict[str, Any]:
     checkpoints = []
     for epoch in range(1, max(config["checkpoints"]) + 1):
         net.train()
-        for batch in torch.randperm(n).split(32):
+        order = torch.cat([torch.randperm(n) for _ in range(math.ceil(MIN_STEPS * 32 / n))])
+        for batch in order[: max(n, MIN_STEPS * 32)].split(32):
             opt.zero_grad()
             nn.functional.cross_entropy(net(x_train[batch]), y_train[batch]).backward()
             opt.step()
