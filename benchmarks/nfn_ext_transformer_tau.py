@@ -30,7 +30,7 @@ from torch import Tensor
 
 from nfn_ext import TransformerNFN, random_group_element
 from nfn_ext.transformer_baselines import TransformerFlatMLP, TransformerPermutationNFN, weight_statistics
-from nfn_ext.transformer_train import fit, kendall_tau, predict_logits
+from nfn_ext.transformer_predictor import fit, kendall_tau, predict_logits
 from nfn_ext.transformer_zoo import TransformerZoo, build_transformer_zoo, load_transformer_zoo
 
 MODELS = ("transformer_nfn", "mlp", "np", "statnn_gbt")
@@ -114,7 +114,7 @@ def _paired_ci(a: list[float], b: list[float]) -> str:
     return f"{statistics.mean(d):+.3f} [{statistics.mean(d) - half:+.3f}, {statistics.mean(d) + half:+.3f}]"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workers", type=int, default=1, help="processes for building the zoo")
     parser.add_argument("--root", default="runs/nfn_ext_transformer", help="where the zoo and results go")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     root = Path(args.root)
     zoo_dir = build_transformer_zoo(

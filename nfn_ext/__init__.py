@@ -10,8 +10,8 @@ from .magep import MAGEPNFN, MAGEPLinear
 from .monomial import MonomialEquivariantNFN, MonomialLinear, MonomialNFN, MonomialPool
 from .transformer_group import AttentionGroupElement
 from .transformer_nfn import TransformerNFN
+from .transformer_predictor import AccuracyPredictor
 from .transformer_space import TransformerWeightSpace, TransformerWeightSpaceSpec
-from .transformer_train import AccuracyPredictor
 from .weight_space import LayerSpec, WeightSpace, WeightSpaceSpec
 
 __all__ = [

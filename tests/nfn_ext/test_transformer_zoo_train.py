@@ -1,5 +1,7 @@
 """The SmallViT zoo, the transformer baselines and AccuracyPredictor on models of several families."""
 
+import importlib
+
 import numpy as np
 import pytest
 import timm
@@ -109,3 +111,11 @@ def test_weight_statistics_match_numpy():
     wk = ws.wk[0, 0, 1].numpy().ravel()  # field 2, block 1
     expected = [wk.mean(), wk.var(), *np.quantile(wk, [0, 0.25, 0.5, 0.75, 1])]
     assert np.allclose(stats[1, 2].numpy(), expected)
+
+
+@pytest.mark.parametrize("module", ["nfn_ext.transformer_train", "benchmarks.nfn_ext_transformer_tau"])
+def test_scripts_have_help(module, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(module).main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--zoo" in capsys.readouterr().out or module.startswith("benchmarks")
