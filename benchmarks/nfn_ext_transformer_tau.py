@@ -4,6 +4,8 @@ Builds (or reuses) ``python -m nfn_ext.zoo build --arch transformer`` under ``--
 of the zoo's members (all their checkpoints), and trains on the rest:
 
 - ``transformer_nfn``: :class:`nfn_ext.TransformerNFN`;
+- ``nfn_pool_only``: the same without equivariant layers (invariant pool of the raw weights and MLP head), an
+  ablation of :class:`~nfn_ext.transformer_nfn.TransformerLinear`;
 - ``mlp``: an MLP on the flattened weights;
 - ``np``: an NP-style model invariant to head and hidden-neuron permutations only;
 - ``statnn_gbt``: STATNN weight statistics with scikit-learn's ``GradientBoostingRegressor``.
@@ -12,7 +14,7 @@ Each model is scored on the clean held-out models and on the same models moved b
 elements (head/neuron permutations and per-head ``GL`` maps with singular values in ``[1/s, s]``). The neural
 models share the batch order per seed (paired). Every (model, seed) result is cached as JSON.
 
-    python -m benchmarks.nfn_ext_transformer_tau --n 300 --epochs 30 --seeds 0 1 2
+    python -m benchmarks.nfn_ext_transformer_tau --n 300 --epochs 10 --channels 8 --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from nfn_ext.transformer_baselines import TransformerFlatMLP, TransformerPermuta
 from nfn_ext.transformer_predictor import fit, kendall_tau, predict_logits
 from nfn_ext.transformer_zoo import TransformerZoo, build_transformer_zoo, load_transformer_zoo
 
-MODELS = ("transformer_nfn", "mlp", "np", "statnn_gbt")
+MODELS = ("transformer_nfn", "nfn_pool_only", "mlp", "np", "statnn_gbt")
 
 
 def split(zoo: TransformerZoo, test_fraction: float = 0.2, val_fraction: float = 0.1) -> dict[str, Tensor]:
@@ -73,6 +75,7 @@ def run(zoo: TransformerZoo, model: str, seed: int, args: argparse.Namespace) ->
         spec = zoo.weights.spec
         net = {
             "transformer_nfn": lambda: TransformerNFN(spec, args.channels, args.head_hidden),
+            "nfn_pool_only": lambda: TransformerNFN(spec, (), args.head_hidden),
             "mlp": lambda: TransformerFlatMLP(spec, args.head_hidden),
             "np": lambda: TransformerPermutationNFN(spec, 32, args.head_hidden),
         }[model]()
@@ -121,9 +124,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=300, help="zoo members (4 checkpoints each)")
     parser.add_argument("--d-model", type=int, default=16)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--channels", type=int, nargs="+", default=[4])
+    parser.add_argument("--channels", type=int, nargs="+", default=[8])
     parser.add_argument("--head-hidden", type=int, default=64)
     parser.add_argument("--scales", type=float, nargs="+", default=[2.0, 1e2], help="group element scales")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
