@@ -267,7 +267,7 @@ class TransformerNFN(nn.Module):
     def __init__(
         self,
         spec: TransformerWeightSpaceSpec,
-        hidden_channels: Sequence[int] = (4,),
+        hidden_channels: Sequence[int] = (8,),
         head_hidden: int = 64,
         out_features: int = 1,
         in_channels: int = 1,

@@ -32,7 +32,7 @@ def fit(
     model: nn.Module,
     ws: TransformerWeightSpace,
     accuracy: Tensor,
-    epochs: int = 30,
+    epochs: int = 10,
     batch_size: int = 32,
     lr: float = 1e-3,
     seed: int = 0,
@@ -78,7 +78,7 @@ class AccuracyPredictor(nn.Module):
     """
 
     def __init__(
-        self, spec: TransformerWeightSpaceSpec, hidden_channels: Sequence[int] = (4,), head_hidden: int = 64
+        self, spec: TransformerWeightSpaceSpec, hidden_channels: Sequence[int] = (8,), head_hidden: int = 64
     ) -> None:
         super().__init__()
         self.spec = spec
@@ -107,18 +107,33 @@ class AccuracyPredictor(nn.Module):
     def fit(
         cls,
         zoo: TransformerZoo | str | Path,
-        epochs: int = 30,
+        epochs: int = 10,
         batch_size: int = 32,
         lr: float = 1e-3,
         seed: int = 0,
+        val_fraction: float = 0.1,
         progress: bool = True,
         **kwargs: Any,
     ) -> AccuracyPredictor:
-        """Train on every checkpoint of a zoo (from :func:`~nfn_ext.transformer_zoo.load_transformer_zoo`)."""
+        """Train on a zoo (from :func:`~nfn_ext.transformer_zoo.load_transformer_zoo`).
+
+        ``val_fraction`` of its members (all their checkpoints) are held out for early stopping on Kendall's
+        tau; ``0`` trains on everything for ``epochs`` epochs.
+        """
         zoo = load_transformer_zoo(zoo) if isinstance(zoo, str | Path) else zoo
         torch.manual_seed(seed)
         predictor = cls(zoo.weights.spec, **kwargs)
-        fit(predictor.nfn, zoo.weights, zoo.accuracy, epochs, batch_size, lr, seed, progress=progress)
+        members = torch.unique(zoo.member)
+        n_val = int(val_fraction * len(members))
+        train, val = zoo, None
+        if n_val >= 2:
+            order = torch.randperm(len(members), generator=torch.Generator().manual_seed(seed))
+            held = members[order[:n_val]]
+            is_val = torch.isin(zoo.member, held)
+            train = zoo.subset(torch.nonzero(~is_val).squeeze(1))
+            held_out = zoo.subset(torch.nonzero(is_val).squeeze(1))
+            val = (held_out.weights, held_out.accuracy)
+        fit(predictor.nfn, train.weights, train.accuracy, epochs, batch_size, lr, seed, val, progress)
         return predictor.eval()
 
     def save(self, path: str | Path) -> None:

@@ -30,17 +30,20 @@ def main(argv: list[str] | None = None) -> None:
         "--zoo", required=True, help="zoo from `python -m nfn_ext.zoo build --arch transformer`"
     )
     parser.add_argument("--out", required=True, help="where to save the predictor (.pt)")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--channels", type=int, nargs="+", default=[4])
+    parser.add_argument("--channels", type=int, nargs="+", default=[8])
     parser.add_argument("--head-hidden", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.1, help="members held out for early stopping (0: none)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()
     predictor = AccuracyPredictor.fit(
-        args.zoo, args.epochs, args.batch_size, args.lr, args.seed,
+        args.zoo, args.epochs, args.batch_size, args.lr, args.seed, args.val_fraction,
         hidden_channels=args.channels, head_hidden=args.head_hidden,
     )  # fmt: skip
     predictor.save(args.out)

@@ -86,6 +86,9 @@ def test_accuracy_predictor_scores_models_of_every_family(tiny_zoo, tmp_path):
     assert torch.equal(AccuracyPredictor.load(path).predict(models), pred)
     with pytest.raises(ValueError, match="scores transformers of shape"):
         predictor.predict([make("torch_mha")[0]])
+    # early stopping on held-out members
+    stopped = AccuracyPredictor.fit(tiny_zoo, epochs=2, val_fraction=0.7, progress=False)
+    assert stopped.predict(models).shape == (4,)
 
 
 def _pure_permutation(ws: TransformerWeightSpace) -> AttentionGroupElement:
