@@ -154,3 +154,13 @@ def test_float32_model_round_trips_in_float32():
     assert ws.wq.dtype == torch.float32
     g = random_group_element(ws, generator=torch.Generator().manual_seed(0))
     assert g.act(ws).wq.dtype == torch.float32
+
+
+def test_group_action_with_one_token():
+    """With a single token softmax is 1 and the heads reduce to x W_V W_O: still the same function."""
+    model, _, _ = make("torch_mha")
+    x = torch.randn(3, 1, D, dtype=torch.float64)
+    ws = TransformerWeightSpace.from_module(model)
+    moved = random_group_element(ws, scale_range=1e2, generator=torch.Generator().manual_seed(0)).act(ws)
+    out = moved.to_module()(x, x, x, need_weights=False)[0]
+    assert _rel(out, model(x, x, x, need_weights=False)[0]) < 1e-6

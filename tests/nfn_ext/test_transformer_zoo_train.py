@@ -122,3 +122,8 @@ def test_scripts_have_help(module, capsys):
         importlib.import_module(module).main(["--help"])
     assert exit_info.value.code == 0
     assert "--zoo" in capsys.readouterr().out or module.startswith("benchmarks")
+
+
+def test_zoo_builds_with_workers(tmp_path):
+    out = build_transformer_zoo(tmp_path / "vit", n=2, workers=2, progress=False)
+    assert sorted(p.name for p in (out / "members").glob("*.pt")) == ["00000.pt", "00001.pt"]
