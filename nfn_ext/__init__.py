@@ -8,9 +8,15 @@ Weight spaces of MLPs/CNNs (:class:`WeightSpace`), the monomial group acting on 
 from .group import MonomialGroupElement, random_group_element
 from .magep import MAGEPNFN, MAGEPLinear
 from .monomial import MonomialEquivariantNFN, MonomialLinear, MonomialNFN, MonomialPool
+from .transformer_group import AttentionGroupElement
+from .transformer_nfn import TransformerNFN
+from .transformer_predictor import AccuracyPredictor
+from .transformer_space import TransformerWeightSpace, TransformerWeightSpaceSpec
 from .weight_space import LayerSpec, WeightSpace, WeightSpaceSpec
 
 __all__ = [
+    "AccuracyPredictor",
+    "AttentionGroupElement",
     "MAGEPNFN",
     "LayerSpec",
     "MAGEPLinear",
@@ -19,6 +25,9 @@ __all__ = [
     "MonomialLinear",
     "MonomialNFN",
     "MonomialPool",
+    "TransformerNFN",
+    "TransformerWeightSpace",
+    "TransformerWeightSpaceSpec",
     "WeightSpace",
     "WeightSpaceSpec",
     "random_group_element",

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .transformer_group import AttentionGroupElement, random_attention_group_element
+from .transformer_space import TransformerWeightSpace
 from .weight_space import WeightSpace
 
 
@@ -82,13 +84,16 @@ class MonomialGroupElement:
 
 
 def random_group_element(
-    ws: WeightSpace,
+    ws: WeightSpace | TransformerWeightSpace,
     scale_range: float | Sequence[float] | None = None,
     permute: bool = True,
     group: str | None = None,
     generator: torch.Generator | None = None,
-) -> MonomialGroupElement:
+) -> MonomialGroupElement | AttentionGroupElement:
     """Sample one random group element per network of ``ws``.
+
+    For a :class:`~nfn_ext.TransformerWeightSpace` this is the attention group (``group`` ``None`` or
+    ``"attention"``; see :func:`~nfn_ext.transformer_group.random_attention_group_element`).
 
     Args:
         ws: the weight space (its spec gives the widths and, via the activation, the group).
@@ -98,6 +103,10 @@ def random_group_element(
         group: ``"scale"`` or ``"sign"``; defaults to the group of ``ws.spec.activation``.
         generator: optional random generator (CPU).
     """
+    if isinstance(ws, TransformerWeightSpace):
+        if group not in (None, "attention"):
+            raise ValueError(f"a TransformerWeightSpace has the 'attention' group, got {group!r}")
+        return random_attention_group_element(ws, scale_range, permute, generator)
     group = group or ws.spec.group
     if group not in ("scale", "sign"):
         raise ValueError(f"expected group 'scale' or 'sign', got {group!r}")

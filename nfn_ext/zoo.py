@@ -229,7 +229,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="train (or resume) a zoo of small networks on 8x8 digits")
-    build.add_argument("--arch", choices=["mlp", "cnn"], default="mlp")
+    build.add_argument(
+        "--arch",
+        choices=["mlp", "cnn", "transformer"],
+        default="mlp",
+        help="transformer: nfn_ext.transformer_zoo (--hidden is the width D <= 32, 2 heads, 2 blocks)",
+    )
     build.add_argument("--activation", choices=sorted(ACTIVATIONS), default="relu")
     build.add_argument("--n", type=int, default=200, help="number of networks")
     build.add_argument("--hidden", type=int, default=16, help="hidden width (MLP) or channels (CNN)")
@@ -239,6 +244,17 @@ def main(argv: list[str] | None = None) -> None:
     info = sub.add_parser("info", help="summarise a zoo")
     info.add_argument("--zoo", required=True)
     args = parser.parse_args(argv)
+    from . import transformer_zoo
+
+    if args.command == "build" and args.arch == "transformer":
+        transformer_zoo.build_transformer_zoo(
+            args.out, args.n, args.hidden, seed=args.seed, workers=args.workers
+        )
+        print(transformer_zoo.describe(args.out))
+        return
+    if args.command == "info" and transformer_zoo.is_transformer_zoo(args.zoo):
+        print(transformer_zoo.describe(args.zoo))
+        return
     if args.command == "build":
         build_zoo(args.out, args.arch, args.activation, args.n, args.hidden, args.seed, args.workers)
         args.zoo = args.out

@@ -1,0 +1,299 @@
+r"""Transformer-NFN: layers on :class:`TransformerWeightSpace` that commute with the attention group.
+
+The group (:mod:`nfn_ext.transformer_group`) moves ``W_Q, W_K`` by ``M_h`` and ``W_V, W_O`` by ``N_h``, so
+entrywise functions of ``W_Q`` are not equivariant; the per-head products (Tran et al., ICLR 2025)
+
+.. math::
+    S_h = \tilde W_Q^h \tilde W_K^{h\top} \in \mathbb{R}^{(D+1)\times(D+1)}, \qquad
+    T_h = \tilde W_V^h W_O^h \in \mathbb{R}^{(D+1)\times D}, \qquad
+    \tilde W = \begin{bmatrix} W \\ b \end{bmatrix},
+
+are invariant up to the head permutation. Every term of :class:`TransformerLinear` multiplies a feature from
+the side the group does not act on, by a learned ``D``-indexed matrix or by a matrix built from ``S``/``T``
+(the ``D`` axis is fixed: models with residual connections have no symmetry there):
+
+.. math::
+    \tilde W_Q'^h = \sum_c a_c \tilde W_Q^{h,c} + F_Q \sum_c a'_c \tilde W_Q^{h,c}
+      + \hat S_h^\top \sum_c a''_c \tilde W_Q^{h,c} + \bar S^\top \sum_c a'''_c \tilde W_Q^{h,c}
+
+(``\hat S_h`` the channel mean of ``S_h / \|S_h\|_F``, ``\bar S`` its head mean; ``W_K`` uses ``\hat S_h``,
+``W_V`` uses ``\hat T_h \hat T_h^\top`` and ``W_O`` is multiplied on the right by ``F_O`` and
+``\hat T_h^\top \hat T_h``), with HNP-style terms for the MLP (hidden neurons permute only) and bias inputs.
+Pointwise nonlinearities are applied to the MLP features and ``b_O`` only: on attention features they would
+break the ``GL`` equivariance. :class:`TransformerInvariantPool` pools ``S_h``, ``T_h`` over heads and the
+MLP features over hidden neurons; :class:`TransformerNFN` stacks both and an MLP head.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .transformer_space import TransformerWeightSpace, TransformerWeightSpaceSpec
+
+_EPS = 1e-12
+_QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def _augment(w: Tensor, b: Tensor) -> Tensor:
+    """``[W; b]``: ``(..., D, d)`` and ``(..., d)`` -> ``(..., D + 1, d)``."""
+    return torch.cat([w, b.unsqueeze(-2)], dim=-2)
+
+
+def head_invariants(ws: TransformerWeightSpace) -> tuple[Tensor, Tensor]:
+    r"""``S_h = [W_Q; b_Q][W_K; b_K]^T`` ``(B, C, L, H, D+1, D+1)`` and ``T_h = [W_V; b_V] W_O``
+    ``(B, C, L, H, D+1, D)``."""
+    q, k, v = _augment(ws.wq, ws.bq), _augment(ws.wk, ws.bk), _augment(ws.wv, ws.bv)
+    return q @ k.transpose(-1, -2), v @ ws.wo
+
+
+def _mean(t: Tensor, dim: int, keepdim: bool = False) -> Tensor:
+    """Mean over ``dim``; zeros when that axis is empty (a bare attention layer has ``D_A = 0``)."""
+    if t.shape[dim] == 0:
+        shape = list(t.shape)
+        shape[dim] = 1
+        out = t.new_zeros(shape)
+        return out if keepdim else out.squeeze(dim)
+    return t.mean(dim, keepdim=keepdim)
+
+
+def _unit(t: Tensor) -> Tensor:
+    """``t / ||t||_F`` over the last two axes (0 stays 0)."""
+    return t / t.flatten(-2).norm(dim=-1).clamp_min(_EPS)[..., None, None]
+
+
+class TransformerLinear(nn.Module):
+    r"""Equivariant layer ``TransformerWeightSpace (C_in channels) -> TransformerWeightSpace (C_out)``.
+
+    Args:
+        spec: shape of the weight space.
+        in_channels, out_channels: feature channels.
+
+    Shapes:
+        input/output: a :class:`TransformerWeightSpace` with ``B`` models and ``C_in`` / ``C_out`` channels.
+    """
+
+    #: channel-mixing tensors ``(L, C_out, C_in)`` for each output feature
+    _MIXES = {
+        "q": ("own", "fixed", "self", "mean"),
+        "k": ("own", "fixed", "self", "mean"),
+        "v": ("own", "fixed", "self", "mean"),
+        "o": ("own", "fixed", "self", "mean"),
+        "bo": ("own", "fixed", "vo_bias", "vo_rows"),
+        "a": ("own", "fixed", "pool", "from_b"),
+        "b": ("own", "fixed", "pool", "from_a"),
+        "bb": ("own", "fixed", "pool_b", "pool_a"),
+    }
+
+    def __init__(self, spec: TransformerWeightSpaceSpec, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.spec, self.in_channels, self.out_channels = spec, in_channels, out_channels
+        L, D = spec.num_blocks, spec.d_model
+        self.mix = nn.ParameterDict(
+            {
+                f"{feat}_{term}": nn.Parameter(torch.empty(L, out_channels, in_channels))
+                for feat, terms in self._MIXES.items()
+                for term in terms
+            }
+        )
+        fixed = {"q": (D + 1, D + 1), "k": (D + 1, D + 1), "v": (D + 1, D + 1), "o": (D, D), "bo": (D, D)}
+        fixed |= {"a": (D + 1, D + 1), "b": (D, D), "bb": (D, D), "ab": (D + 1, D), "ba": (D + 1, D)}
+        fixed |= {"bb_a": (D + 1, D)}
+        self.fixed = nn.ParameterDict({k: nn.Parameter(torch.empty(L, *s)) for k, s in fixed.items()})
+        self.bias = nn.ParameterDict(
+            {
+                "bo": nn.Parameter(torch.empty(out_channels, L, D)),
+                "ba": nn.Parameter(torch.empty(out_channels, L)),
+                "bb": nn.Parameter(torch.empty(out_channels, L, D)),
+            }
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for name, p in self.mix.items():
+            std = 1.0 / math.sqrt(self.in_channels * len(self._MIXES[name.split("_")[0]]))
+            nn.init.normal_(p, std=std)
+        for p in self.fixed.values():
+            nn.init.normal_(p, std=1.0 / math.sqrt(p.shape[-2]))
+        for p in self.bias.values():
+            nn.init.zeros_(p)
+
+    def _mix(self, name: str, x: Tensor) -> Tensor:
+        """Channel mix ``x`` ``(B, C_in, L, ...)`` -> ``(B, C_out, L, ...)``."""
+        return torch.einsum("loc,bcl...->bol...", self.mix[name], x)
+
+    def forward(self, ws: TransformerWeightSpace) -> TransformerWeightSpace:
+        if ws.spec != self.spec or ws.channels != self.in_channels:
+            raise ValueError(
+                f"expected a weight space of shape {self.spec} with {self.in_channels} channels, got "
+                f"{ws.spec} with {ws.channels}"
+            )
+        s, t = head_invariants(ws)
+        s_hat, t_hat = _unit(s).mean(1), _unit(t).mean(1)  # (B, L, H, D+1, D+1), (B, L, H, D+1, D)
+        left = {
+            "q": s_hat.transpose(-1, -2),  # S^T [W_Q; b_Q] M^T: moves like W_Q
+            "k": s_hat,  # S [W_K; b_K] M^{-1}: moves like W_K
+            "v": t_hat @ t_hat.transpose(-1, -2),
+        }
+        out = {}
+        for n in "qkv":
+            x, g = _augment(getattr(ws, f"w{n}"), getattr(ws, f"b{n}")), left[n]
+            out[n] = (
+                self._mix(f"{n}_own", x)
+                + torch.einsum("lij,bolhjk->bolhik", self.fixed[n], self._mix(f"{n}_fixed", x))
+                + torch.einsum("blhij,bolhjk->bolhik", g, self._mix(f"{n}_self", x))
+                + torch.einsum("blij,bolhjk->bolhik", g.mean(2), self._mix(f"{n}_mean", x))
+            )
+        r = t_hat.transpose(-1, -2) @ t_hat  # (B, L, H, D, D): W_O r moves like W_O
+        wo = (
+            self._mix("o_own", ws.wo)
+            + torch.einsum("bolhvi,lij->bolhvj", self._mix("o_fixed", ws.wo), self.fixed["o"])
+            + torch.einsum("bolhvi,blhij->bolhvj", self._mix("o_self", ws.wo), r)
+            + torch.einsum("bolhvi,blij->bolhvj", self._mix("o_mean", ws.wo), r.mean(2))
+        )
+        t_mean = t.mean(3)  # (B, C, L, D+1, D), invariant
+        bo = (
+            self._mix("bo_own", ws.bo)
+            + torch.einsum("lij,bolj->boli", self.fixed["bo"], self._mix("bo_fixed", ws.bo))
+            + self._mix("bo_vo_bias", t_mean[..., -1, :])
+            + self._mix("bo_vo_rows", t_mean[..., :-1, :].mean(-2))
+            + self.bias["bo"]
+        )
+        a = _augment(ws.wa, ws.ba)  # (B, C, L, D+1, D_A)
+        wa = (
+            self._mix("a_own", a)
+            + torch.einsum("lij,bolja->bolia", self.fixed["a"], self._mix("a_fixed", a))
+            + self._mix("a_pool", _mean(a, -1, keepdim=True))
+            + torch.einsum("lij,bolaj->bolia", self.fixed["ab"], self._mix("a_from_b", ws.wb))
+        )
+        ba = wa[..., -1, :] + self.bias["ba"][None, :, :, None]
+        wb = (
+            self._mix("b_own", ws.wb)
+            + torch.einsum("bolai,lij->bolaj", self._mix("b_fixed", ws.wb), self.fixed["b"])
+            + self._mix("b_pool", _mean(ws.wb, -2, keepdim=True))
+            + torch.einsum("bolia,lij->bolaj", self._mix("b_from_a", a), self.fixed["ba"])
+        )
+        bb = (
+            self._mix("bb_own", ws.bb)
+            + torch.einsum("lij,bolj->boli", self.fixed["bb"], self._mix("bb_fixed", ws.bb))
+            + self._mix("bb_pool_b", _mean(ws.wb, -2))
+            + torch.einsum("boli,lij->bolj", self._mix("bb_pool_a", _mean(a, -1)), self.fixed["bb_a"])
+            + self.bias["bb"]
+        )
+        return TransformerWeightSpace(
+            wq=out["q"][..., :-1, :], bq=out["q"][..., -1, :],
+            wk=out["k"][..., :-1, :], bk=out["k"][..., -1, :],
+            wv=out["v"][..., :-1, :], bv=out["v"][..., -1, :],
+            wo=wo, bo=bo, wa=wa[..., :-1, :], ba=ba, wb=wb, bb=bb,
+            spec=self.spec, template=ws.template,
+        )  # fmt: skip
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.in_channels}, {self.out_channels}, spec={self.spec})"
+
+
+class TransformerReLU(nn.Module):
+    """ReLU where it keeps equivariance: on the MLP features and the invariant biases ``b_O``, ``b_B``."""
+
+    def forward(self, ws: TransformerWeightSpace) -> TransformerWeightSpace:
+        relu = torch.relu
+        return TransformerWeightSpace(
+            **(ws.tensors | {n: relu(getattr(ws, n)) for n in ("bo", "wa", "ba", "wb", "bb")}),
+            spec=ws.spec,
+            template=ws.template,
+        )
+
+
+def signed_log(x: Tensor) -> Tensor:
+    """``sign(x) log(1 + |x|)``: compresses the spread of weight magnitudes across a zoo."""
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+class TransformerInvariantPool(nn.Module):
+    r"""Invariant features ``(B, num_features)``, per block and channel: the head means of ``S_h`` and
+    ``T_h``; the hidden-neuron means of ``[W_A; b_A]``, ``W_B`` and of their squares; ``b_O``, ``b_B``; and
+    STATNN-style statistics (mean, variance, quantiles 0, 1/4, 1/2, 3/4, 1) of the entries of all ``S_h``, all
+    ``T_h``, ``[W_A; b_A]``, ``W_B``, ``b_O`` and ``b_B`` (functions of invariant or permuted entries, hence
+    invariant); then :func:`signed_log`. ``dense=True`` adds the head means of ``S_h``, ``T_h`` entry by entry
+    (``(D+1)(2D+1)`` features; on the digits zoo they overfit)."""
+
+    def __init__(self, spec: TransformerWeightSpaceSpec, channels: int, dense: bool = False) -> None:
+        super().__init__()
+        self.spec, self.channels, self.dense = spec, channels, dense
+        D = spec.d_model
+        per_block = 2 * (D + 1) + 4 * D + 6 * len(_QUANTILES) + 12
+        if dense:
+            per_block += (D + 1) ** 2 + (D + 1) * D
+        self.num_features = channels * spec.num_blocks * per_block
+        self.register_buffer("quantiles", torch.tensor(_QUANTILES), persistent=False)
+
+    def _stats(self, x: Tensor) -> Tensor:
+        """``(B, C, L, n) -> (B, C, L, 2 + len(quantiles))``; zeros for ``n = 0``."""
+        if x.shape[-1] == 0:
+            return x.new_zeros(*x.shape[:-1], 2 + len(self.quantiles))
+        q = torch.quantile(x, self.quantiles.to(x.dtype), dim=-1).movedim(0, -1)
+        return torch.cat([x.mean(-1, keepdim=True), x.var(-1, keepdim=True, correction=0), q], dim=-1)
+
+    def forward(self, ws: TransformerWeightSpace) -> Tensor:
+        s, t = head_invariants(ws)
+        a = _augment(ws.wa, ws.ba)
+        mlp = [_mean(a, -1), _mean(a**2, -1), _mean(ws.wb, -2), _mean(ws.wb**2, -2)]
+        stats = [self._stats(x.flatten(3)) for x in (s, t, a, ws.wb, ws.bo, ws.bb)]
+        feats = [*mlp, ws.bo, ws.bb, *stats]
+        if self.dense:
+            feats += [s.mean(3).flatten(3), t.mean(3).flatten(3)]
+        return signed_log(torch.cat(feats, dim=-1).flatten(1))
+
+
+class TransformerNFN(nn.Module):
+    r"""Invariant Transformer-NFN: :class:`TransformerLinear` layers with :class:`TransformerReLU`, then
+    :class:`TransformerInvariantPool`, LayerNorm and an MLP to ``out_features`` (one logit per model).
+
+    Args:
+        spec: shape of the input weight spaces (``ws.spec``).
+        hidden_channels: channels of the equivariant layers.
+        head_hidden: width of the MLP head.
+        out_features: outputs per model.
+        in_channels: channels of the input weight space.
+        dense_pool: see :class:`TransformerInvariantPool`.
+
+    Shapes:
+        input: :class:`TransformerWeightSpace` with ``B`` models; output ``(B, out_features)``.
+    """
+
+    def __init__(
+        self,
+        spec: TransformerWeightSpaceSpec,
+        hidden_channels: Sequence[int] = (8,),
+        head_hidden: int = 64,
+        out_features: int = 1,
+        in_channels: int = 1,
+        dense_pool: bool = False,
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        channels = [in_channels, *hidden_channels]
+        layers: list[nn.Module] = []
+        for a, b in zip(channels[:-1], channels[1:], strict=True):
+            layers += [TransformerLinear(spec, a, b), TransformerReLU()]
+        self.layers = nn.Sequential(*layers)
+        self.pool = TransformerInvariantPool(spec, channels[-1], dense_pool)
+        self.head = nn.Sequential(
+            nn.LayerNorm(self.pool.num_features),
+            nn.Linear(self.pool.num_features, head_hidden),
+            nn.ReLU(),
+            nn.Linear(head_hidden, head_hidden),
+            nn.ReLU(),
+            nn.Linear(head_hidden, out_features),
+        )
+
+    def reset_parameters(self) -> None:
+        for m in self.modules():
+            if m is not self and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+    def forward(self, ws: TransformerWeightSpace) -> Tensor:
+        return self.head(self.pool(self.layers(ws)))

@@ -1,0 +1,118 @@
+"""Transformer-NFN layers: equivariance / invariance under the attention group, and counter-tests."""
+
+import pytest
+import torch
+from torch import nn
+
+from nfn_ext import TransformerNFN, TransformerWeightSpace, random_group_element
+from nfn_ext.transformer_nfn import (
+    TransformerInvariantPool,
+    TransformerLinear,
+    TransformerReLU,
+    head_invariants,
+)
+from tests.nfn_ext.transformer_models import make
+
+
+def _space(family: str = "small_vit", batch: int = 3, channels: int = 2) -> TransformerWeightSpace:
+    base = TransformerWeightSpace.from_module(make(family)[0])
+    gen = torch.Generator().manual_seed(0)
+    return base.map(lambda t: torch.randn(batch, channels, *t.shape[2:], generator=gen, dtype=torch.float64))
+
+
+def _rel_diff(a: TransformerWeightSpace, b: TransformerWeightSpace) -> float:
+    return max(((x - y).abs().max() / y.abs().max().clamp_min(1e-30)).item() for x, y in zip(
+        a.tensors.values(), b.tensors.values(), strict=True) if y.numel())  # fmt: skip
+
+
+@pytest.mark.parametrize("scale", [2.0, 1e2])
+@pytest.mark.parametrize("family", ["small_vit", "bert", "torch_mha"])
+def test_linear_layer_is_equivariant(family, scale):
+    """layer(g.ws) == g.layer(ws), including ill-conditioned M, N (condition numbers up to 1e4)."""
+    ws = _space(family)
+    layer = TransformerLinear(ws.spec, 2, 3).double()
+    g = random_group_element(ws, scale_range=scale, generator=torch.Generator().manual_seed(1))
+    assert _rel_diff(layer(g.act(ws)), g.act(layer(ws))) < 1e-9
+    relu = TransformerReLU()
+    assert _rel_diff(relu(g.act(ws)), g.act(relu(ws))) < 1e-12
+
+
+def test_the_checker_catches_a_nonlinearity_on_attention_features():
+    """ReLU on W_Q is not GL-equivariant: the same check must fail for it."""
+    ws = _space()
+    g = random_group_element(ws, generator=torch.Generator().manual_seed(1))
+
+    def broken(x: TransformerWeightSpace) -> TransformerWeightSpace:
+        return x.map(torch.relu)
+
+    assert _rel_diff(broken(g.act(ws)), g.act(broken(ws))) > 1e-2
+
+
+@pytest.mark.parametrize("scale", [2.0, 1e3])
+def test_nfn_is_invariant(scale):
+    ws = _space(channels=1, batch=4)
+    model = TransformerNFN(ws.spec, hidden_channels=(3, 2)).double()
+    g = random_group_element(ws, scale_range=scale, generator=torch.Generator().manual_seed(2))
+    out, moved = model(ws), model(g.act(ws))
+    assert out.shape == (4, 1)
+    assert torch.allclose(moved, out, rtol=1e-7, atol=1e-9)
+
+
+def test_nfn_is_invariant_on_real_models_and_distinguishes_them():
+    models = [make("timm", seed=s)[0] for s in range(3)]
+    ws = TransformerWeightSpace.from_modules(models)
+    model = TransformerNFN(ws.spec).double()
+    g = random_group_element(ws, scale_range=10.0, generator=torch.Generator().manual_seed(0))
+    out = model(ws)
+    assert torch.allclose(model(g.act(ws)), out, rtol=1e-7, atol=1e-9)
+    assert (out - out.mean()).abs().max() > 1e-4  # not a constant function
+
+
+def test_a_flat_mlp_on_the_weights_is_not_invariant():
+    ws = _space(channels=1, batch=4)
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(ws.spec.num_params, 32), nn.ReLU(), nn.Linear(32, 1)).double()
+    g = random_group_element(ws, generator=torch.Generator().manual_seed(2))
+    out, moved = mlp(ws.flatten()[:, 0]), mlp(g.act(ws).flatten()[:, 0])
+    assert (out - moved).abs().max() > 1e-2 * out.abs().max()
+
+
+def test_head_invariants_match_a_direct_evaluation():
+    ws = _space(channels=1, batch=1)
+    s, t = head_invariants(ws)
+    for l in range(ws.spec.num_blocks):
+        for h in range(ws.spec.num_heads):
+            wq, wk = ws.wq[0, 0, l, h], ws.wk[0, 0, l, h]
+            bq, bk = ws.bq[0, 0, l, h], ws.bk[0, 0, l, h]
+            assert torch.allclose(s[0, 0, l, h, :-1, :-1], wq @ wk.T)
+            assert torch.allclose(s[0, 0, l, h, -1, :-1], wk @ bq)
+            assert torch.allclose(s[0, 0, l, h, -1, -1], bq @ bk)
+            assert torch.allclose(t[0, 0, l, h, :-1], ws.wv[0, 0, l, h] @ ws.wo[0, 0, l, h])
+            assert torch.allclose(t[0, 0, l, h, -1], ws.bv[0, 0, l, h] @ ws.wo[0, 0, l, h])
+
+
+def test_pool_size_and_a_bare_attention_layer():
+    ws = _space("torch_mha", channels=2)
+    pool = TransformerInvariantPool(ws.spec, 2)
+    feats = pool(ws)
+    assert feats.shape == (3, pool.num_features)
+    assert torch.isfinite(feats).all()
+    assert torch.isfinite(TransformerNFN(ws.spec, in_channels=2).double()(ws)).all()
+
+
+def test_every_parameter_learns_and_reset_parameters_reinitialises():
+    ws = _space(channels=1, batch=4)
+    model = TransformerNFN(ws.spec, hidden_channels=(3,)).double()
+    model(ws).square().sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().max() > 0, name
+    before = [p.detach().clone() for p in model.parameters()]
+    model.reset_parameters()
+    changed = [not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True)]
+    assert sum(changed) >= len(changed) - 8  # all but zero-initialised biases and LayerNorm
+
+
+def test_wrong_input_is_refused():
+    ws = _space(channels=2)
+    with pytest.raises(ValueError, match="channels"):
+        TransformerLinear(ws.spec, 3, 3).double()(ws)
