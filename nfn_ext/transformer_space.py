@@ -433,9 +433,14 @@ class TransformerWeightSpace:
     def __len__(self) -> int:
         return self.batch_size
 
+    def __repr__(self) -> str:
+        return f"TransformerWeightSpace(batch={self.batch_size}, channels={self.channels}, spec={self.spec})"
+
     def __getitem__(self, index: int | slice | Tensor | Sequence[int]) -> TransformerWeightSpace:
         """Select models along the batch axis (an integer keeps a batch of one)."""
         if isinstance(index, int):
+            if not -self.batch_size <= index < self.batch_size:
+                raise IndexError(f"model index {index} out of range for a batch of {self.batch_size}")
             index = slice(index, index + 1 if index != -1 else None)
         return self.map(lambda t: t[index])
 

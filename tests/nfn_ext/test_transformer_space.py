@@ -164,3 +164,14 @@ def test_group_action_with_one_token():
     moved = random_group_element(ws, scale_range=1e2, generator=torch.Generator().manual_seed(0)).act(ws)
     out = moved.to_module()(x, x, x, need_weights=False)[0]
     assert _rel(out, model(x, x, x, need_weights=False)[0]) < 1e-6
+
+
+def test_indexing_past_the_batch_raises_and_repr_is_short():
+    ws = TransformerWeightSpace.from_modules([make("small_vit")[0], make("small_vit", seed=3)[0]])
+    assert ws[-2].batch_size == ws[1].batch_size == 1
+    with pytest.raises(IndexError, match="out of range for a batch of 2"):
+        ws[2]
+    with pytest.raises(IndexError):
+        ws[-3]
+    assert repr(ws).startswith("TransformerWeightSpace(batch=2, channels=1, spec=")
+    assert "tensor" not in repr(ws)
