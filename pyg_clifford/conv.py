@@ -39,10 +39,11 @@ def path_geometry(pos: Tensor, path: Tensor, algebra: CliffordAlgebra) -> Tensor
     r"""Equivariant geometric features of paths :math:`p_0 \leftarrow p_1 \leftarrow \cdots \leftarrow p_k`.
 
     With :math:`r_t = x_{p_{t-1}} - x_{p_t}` embedded as vectors, returns every contiguous product
-    :math:`r_s r_{s+1} \cdots r_t` (:math:`1 \le s \le t \le k`): for ``k = 2`` the channels
-    :math:`r_1, r_2, r_1 r_2`
+    :math:`r_s r_{s+1} \cdots r_t` (:math:`1 \le s \le t \le k`), ordered by :math:`s`, then :math:`t`:
+    for ``k = 2`` the channels :math:`r_1, r_1 r_2, r_2`
     (:math:`r_1 r_2` = scalar :math:`r_1 \cdot r_2` + bivector :math:`r_1 \wedge r_2`),
-    for ``k = 3`` also :math:`r_2 r_3` and :math:`r_1 r_2 r_3` (with the trivector, an oriented volume).
+    for ``k = 3`` :math:`r_1, r_1 r_2, r_1 r_2 r_3, r_2, r_2 r_3, r_3` (with the trivector of
+    :math:`r_1 r_2 r_3`, an oriented volume).
 
     Shapes: ``pos [N, n]``, ``path [k + 1, P]`` -> ``[P, k (k + 1) / 2, 2**n]``.
     """
@@ -216,7 +217,7 @@ class CGConv(MessagePassing):
     def _path_inputs(self, x: Tensor, pos: Tensor | None, path: Tensor, edge_mv: Tensor | None) -> Tensor:
         """Message inputs ``[P, k C_in + k (k + 1) / 2 (+ C_e), 2**n]`` of paths ``[k + 1, P]``."""
         k, num_paths = path.size(0) - 1, path.size(1)
-        differences = (x[path[:-1]] - x[path[1:]]).permute(1, 0, 2, 3).reshape(num_paths, k * x.size(1), -1)
+        differences = (x[path[:-1]] - x[path[1:]]).permute(1, 0, 2, 3).reshape(num_paths, k * x.size(1), x.size(2))
         if pos is None:
             geometry = x.new_zeros(num_paths, k * (k + 1) // 2, x.size(-1))
         else:

@@ -21,7 +21,7 @@ from .algebra import CliffordAlgebra
 
 def to_blade_major(x: Tensor) -> Tensor:
     """``[..., C, 2**n]`` -> contiguous ``[2**n, M, C]`` with ``M`` the product of the leading dimensions."""
-    return x.reshape(-1, x.size(-2), x.size(-1)).permute(2, 0, 1).contiguous()
+    return x.reshape(math.prod(x.shape[:-2]), x.size(-2), x.size(-1)).permute(2, 0, 1).contiguous()
 
 
 def from_blade_major(x: Tensor, batch_shape: tuple[int, ...] | torch.Size) -> Tensor:
