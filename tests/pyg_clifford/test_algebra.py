@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from pyg_clifford import CliffordAlgebra
-
-from .group import random_orthogonal
+from pyg_clifford.testing import random_orthogonal
 
 SIGNATURES = [(1.0, 1.0), (1.0, 1.0, 1.0), (1.0, -1.0, -1.0, -1.0), (-1.0, 1.0, 1.0)]
 

@@ -10,9 +10,8 @@ from torch_geometric.loader import DataLoader
 from torch_geometric.utils import erdos_renyi_graph
 
 from pyg_clifford import CGConv, CliffordAlgebra, KHopPaths, khop_paths
+from pyg_clifford.testing import random_orthogonal
 from pyg_clifford.transforms import check_paths
-
-from .group import random_orthogonal
 
 
 def random_graph(num_nodes: int, p: float, seed: int) -> torch.Tensor:
