@@ -1,7 +1,10 @@
 """torch.compile(fullgraph=True) captures CGConv and CGEGNN whole (no graph breaks), and compiled == eager.
 
-Dynamo's capture and AOT autograd's backward tracing are checked with the ``aot_eager`` backend (seconds);
-one test also generates inductor's C++ kernels (slow on 2 cores: minutes of compilation)."""
+Dynamo's capture and AOT autograd's backward tracing are checked with the ``aot_eager`` backend (seconds).
+Inductor's C++ code generation for the same graph takes about 9 minutes on the 2-core development machine,
+too long for the suite: that test runs only with ``PYG_CLIFFORD_INDUCTOR_TEST=1``."""
+
+import os
 
 import pytest
 import torch
@@ -59,6 +62,9 @@ def test_cgegnn_compiles_without_graph_breaks() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("PYG_CLIFFORD_INDUCTOR_TEST") != "1", reason="minutes of C++ compilation; opt-in"
+)
 def test_cgconv_inductor_kernels_equal_eager() -> None:
     """The default backend (inductor, C++ kernels on CPU)."""
     conv, args, kwargs = conv_inputs(1)
