@@ -100,6 +100,111 @@ class MVLinear(MVModule):
         return f"{self.in_channels}, {self.out_channels}"
 
 
+class GradeTables(NamedTuple):
+    """Blade tables of an algebra in a working dtype: the grade of each blade ``[2**n]``, the signed grade
+    sums :math:`P` ``[n + 1, 2**n]`` (:meth:`CliffordAlgebra.grade_sum_matrix`), the unsigned ones ``U`` and
+    the blade squares :math:`\tilde e_A e_A` ``[2**n]``."""
+
+    grades: Tensor
+    signed: Tensor
+    unsigned: Tensor
+    squares: Tensor
+
+
+def grade_tables(algebra: CliffordAlgebra, dtype: torch.dtype) -> GradeTables:
+    signed = algebra.grade_sum_matrix(dtype)
+    return GradeTables(algebra.blade_grades, signed, (signed != 0).to(dtype), algebra.blade_squares(dtype))
+
+
+def _grade_sums(matrix: Tensor, x: Tensor) -> Tensor:
+    """``matrix [G, B] @ x [B, M, C] -> [G, M, C]``."""
+    return (matrix @ x.reshape(x.size(0), -1)).view(matrix.size(0), *x.shape[1:])
+
+
+class _GradeGate(torch.autograd.Function):
+    r"""MVSiLU on blade-major ``x``: :math:`y = x \odot E(\sigma(\alpha s + \beta))` with
+    :math:`s_0 = x_0`, :math:`s_g = q(\langle x \rangle_g)`; saves only ``x`` and recomputes the gates."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, alpha: Tensor, beta: Tensor, tables: GradeTables) -> Tensor:
+        ctx.save_for_backward(x, alpha, beta)
+        ctx.tables = tables
+        invariants = _grade_sums(tables.signed, x * x)
+        invariants[0] = x[0]
+        return x * torch.sigmoid(alpha * invariants + beta)[tables.grades]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, alpha, beta = ctx.saved_tensors
+        tables = ctx.tables
+        invariants = _grade_sums(tables.signed, x * x)
+        invariants[0] = x[0]
+        gate = torch.sigmoid(alpha * invariants + beta)
+        dot = _grade_sums(tables.unsigned, grad * x)  # dL/dgate, [G, M, C]
+        dgate = dot * gate * (1 - gate)  # dL/d(alpha s + beta)
+        ds = dgate * alpha
+        grad_x = grad * gate[tables.grades] + ds[tables.grades] * (2 * tables.squares[:, None, None]) * x
+        grad_x[0] = grad[0] * gate[0] + ds[0]  # s_0 = x_0 (linear, not a quadratic form)
+        grad_alpha = (dgate * invariants).sum(1, keepdim=True)
+        grad_beta = dgate.sum(1, keepdim=True)
+        return grad_x, grad_alpha, grad_beta, None
+
+
+class _GradeNormalise(torch.autograd.Function):
+    r"""MVGradeNorm on blade-major ``x``: :math:`y = x / E(\sigma(a)(n - 1) + 1)`,
+    :math:`n_g = \sqrt{|q(\langle x \rangle_g)| + \epsilon}`; saves only ``x``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, a: Tensor, tables: GradeTables, eps: float) -> Tensor:
+        ctx.save_for_backward(x, a)
+        ctx.tables, ctx.eps = tables, eps
+        norms = (_grade_sums(tables.signed, x * x).abs() + eps).sqrt()
+        return x / (torch.sigmoid(a) * (norms - 1) + 1)[tables.grades]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, a = ctx.saved_tensors
+        tables = ctx.tables
+        forms = _grade_sums(tables.signed, x * x)
+        norms = (forms.abs() + ctx.eps).sqrt()
+        weight = torch.sigmoid(a)
+        denominator = weight * (norms - 1) + 1
+        ddenominator = -_grade_sums(tables.unsigned, grad * x) / denominator**2  # dL/d(denominator)
+        dforms = ddenominator * weight * torch.sign(forms) / (2 * norms)
+        grad_x = grad / denominator[tables.grades] + dforms[tables.grades] * (
+            2 * tables.squares[:, None, None]
+        ) * x
+        grad_a = (ddenominator * (norms - 1)).sum(1, keepdim=True) * weight * (1 - weight)
+        return grad_x, grad_a, None, None
+
+
+class _LayerNormalise(torch.autograd.Function):
+    r"""MVLayerNorm on blade-major ``x``: :math:`y = x\, \gamma / (\bar n + \epsilon)`,
+    :math:`\bar n_m = \frac1C \sum_c \sqrt{|q(x_{m,c})| + 10^{-12}}`; saves only ``x``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: Tensor, squares: Tensor, eps: float) -> Tensor:
+        ctx.save_for_backward(x, scale)
+        ctx.squares, ctx.eps = squares, eps
+        forms = (squares @ (x * x).reshape(x.size(0), -1)).view(x.shape[1:])  # [M, C]
+        mean = (forms.abs() + 1e-12).sqrt().mean(-1, keepdim=True)  # [M, 1]
+        return x * (scale / (mean + eps))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, scale = ctx.saved_tensors
+        squares = ctx.squares
+        forms = (squares @ (x * x).reshape(x.size(0), -1)).view(x.shape[1:])
+        norms = (forms.abs() + 1e-12).sqrt()
+        inverse = 1 / (norms.mean(-1, keepdim=True) + ctx.eps)  # [M, 1]
+        dot = (grad * x).sum(0)  # dL/d(factor), [M, C]
+        dmean = -(dot * scale).sum(-1, keepdim=True) * inverse**2  # [M, 1]
+        dforms = dmean / x.size(2) * torch.sign(forms) / (2 * norms)  # [M, C]
+        grad_x = grad * (scale * inverse) + (2 * squares[:, None, None]) * x * dforms
+        grad_scale = (dot * inverse).sum(0)
+        return grad_x, grad_scale, None, None
+
+
 class MVSiLU(MVModule):
     r"""Grade-gated SiLU: each grade is scaled by a sigmoid of an invariant of that grade,
 
@@ -124,10 +229,8 @@ class MVSiLU(MVModule):
         nn.init.zeros_(self.beta)
 
     def forward_blade_major(self, x: Tensor) -> Tensor:
-        forms = grade_forms_blade_major(self.algebra, x)  # [n + 1, M, C]
-        invariants = torch.cat([x[:1], forms[1:]], dim=0)
-        gate = torch.sigmoid(torch.addcmul(self.beta.t()[:, None], self.alpha.t()[:, None], invariants))
-        return x * gate[self.algebra.blade_grades]
+        tables = grade_tables(self.algebra, x.dtype)
+        return _GradeGate.apply(x, self.alpha.t()[:, None], self.beta.t()[:, None], tables)
 
 
 class MVGradeNorm(MVModule):
@@ -148,16 +251,7 @@ class MVGradeNorm(MVModule):
         nn.init.zeros_(self.a)
 
     def forward_blade_major(self, x: Tensor, eps: float = 1e-12) -> Tensor:
-        norms = (grade_forms_blade_major(self.algebra, x).abs() + eps).sqrt()  # [n + 1, M, C]
-        denominator = torch.addcmul(torch.ones_like(norms), torch.sigmoid(self.a).t()[:, None], norms - 1)
-        return x / denominator[self.algebra.blade_grades]
-
-
-def grade_forms_blade_major(algebra: CliffordAlgebra, x: Tensor) -> Tensor:
-    r"""Per-grade quadratic forms :math:`q(\langle x \rangle_g)` of blade-major ``x``:
-    ``[2**n, M, C] -> [n + 1, M, C]`` (one matmul with :meth:`CliffordAlgebra.grade_sum_matrix`)."""
-    squares = (x * x).reshape(x.size(0), -1)
-    return (algebra.grade_sum_matrix(x.dtype) @ squares).view(algebra.num_grades, *x.shape[1:])
+        return _GradeNormalise.apply(x, self.a.t()[:, None], grade_tables(self.algebra, x.dtype), eps)
 
 
 class ProductTables(NamedTuple):
@@ -350,10 +444,7 @@ class MVLayerNorm(MVModule):
         nn.init.ones_(self.scale)
 
     def forward_blade_major(self, x: Tensor) -> Tensor:
-        squares = (x * x).reshape(x.size(0), -1)
-        forms = (self.algebra.blade_squares(x.dtype) @ squares).view(x.shape[1:])  # [M, C]
-        norm = (forms.abs() + 1e-12).sqrt().mean(dim=-1, keepdim=True)  # [M, 1]
-        return x * (self.scale / (norm + self.eps))
+        return _LayerNormalise.apply(x, self.scale, self.algebra.blade_squares(x.dtype), self.eps)
 
 
 class CEMLP(MVModule):

@@ -15,7 +15,16 @@ from pyg_clifford import (
     MVSiLU,
     SteerableGeometricProduct,
 )
-from pyg_clifford.layers import WeightedGeometricProduct, from_blade_major, product_tables, to_blade_major
+from pyg_clifford.layers import (
+    WeightedGeometricProduct,
+    _GradeGate,
+    _GradeNormalise,
+    _LayerNormalise,
+    from_blade_major,
+    grade_tables,
+    product_tables,
+    to_blade_major,
+)
 
 METRICS = [(1.0, 1.0, 1.0), (1.0, -1.0, -1.0, -1.0), (0.5, 2.0)]
 
@@ -42,6 +51,28 @@ def test_weighted_product_passes_gradcheck(metric: tuple[float, ...]) -> None:
         return WeightedGeometricProduct.apply(x, y, weight, tables, index, 0.7)
 
     assert torch.autograd.gradcheck(product, (x, y, weight))
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_fused_invariant_layers_pass_gradcheck(metric: tuple[float, ...]) -> None:
+    """The hand-written backward passes of MVSiLU, MVGradeNorm and MVLayerNorm (each saves only its input)."""
+    algebra = CliffordAlgebra(metric)
+    tables = grade_tables(algebra, torch.float64)
+    generator = torch.Generator().manual_seed(1)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, dtype=torch.float64, generator=generator).requires_grad_()
+
+    x = rand(algebra.num_blades, 5, 3)
+    alpha, beta, a = (
+        rand(algebra.num_grades, 1, 3),
+        rand(algebra.num_grades, 1, 3),
+        rand(algebra.num_grades, 1, 3),
+    )
+    assert torch.autograd.gradcheck(lambda x, al, be: _GradeGate.apply(x, al, be, tables), (x, alpha, beta))
+    assert torch.autograd.gradcheck(lambda x, a: _GradeNormalise.apply(x, a, tables, 1e-12), (x, a))
+    squares = algebra.blade_squares(torch.float64)
+    assert torch.autograd.gradcheck(lambda x, s: _LayerNormalise.apply(x, s, squares, 1e-6), (x, rand(3)))
 
 
 def test_weighted_product_equals_the_signed_gather() -> None:
