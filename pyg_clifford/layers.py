@@ -171,9 +171,10 @@ class _GradeNormalise(torch.autograd.Function):
         denominator = weight * (norms - 1) + 1
         ddenominator = -_grade_sums(tables.unsigned, grad * x) / denominator**2  # dL/d(denominator)
         dforms = ddenominator * weight * torch.sign(forms) / (2 * norms)
-        grad_x = grad / denominator[tables.grades] + dforms[tables.grades] * (
-            2 * tables.squares[:, None, None]
-        ) * x
+        grad_x = (
+            grad / denominator[tables.grades]
+            + dforms[tables.grades] * (2 * tables.squares[:, None, None]) * x
+        )
         grad_a = (ddenominator * (norms - 1)).sum(1, keepdim=True) * weight * (1 - weight)
         return grad_x, grad_a, None, None
 
@@ -420,10 +421,26 @@ class SteerableGeometricProduct(MVModule):
 
     def forward_blade_major(self, x: Tensor) -> Tensor:
         y = self.normalize.forward_blade_major(self.linear_right.forward_blade_major(x))
-        z = WeightedGeometricProduct.apply(
-            x, y, self.weight, self.product_tables(), self.product_index(), 1.0 / math.sqrt(2.0)
-        )
-        return self.linear_left.forward_blade_major(x, residual=z, alpha=1.0 / math.sqrt(2.0))
+        scale = 1.0 / math.sqrt(2.0)
+        if torch.compiler.is_compiling():
+            z = self.gather_product(x, y, scale)
+        else:
+            z = WeightedGeometricProduct.apply(
+                x, y, self.weight, self.product_tables(), self.product_index(), scale
+            )
+        return self.linear_left.forward_blade_major(x, residual=z, alpha=scale)
+
+    def gather_product(self, x: Tensor, y: Tensor, scale: float) -> Tensor:
+        r"""The same weighted product as a broadcast, gather and sum over the left blade,
+        :math:`z_j = s \sum_i (\sigma_{ij} w_{t(i,j)}) \odot x_i \odot y_{i \oplus j}`: used inside
+        ``torch.compile`` graphs, where inductor fuses it (and its backward) into loops with no
+        ``[2**n, 2**n, M, C]`` buffer; in eager mode it would materialise that buffer, so eager uses
+        :class:`WeightedGeometricProduct`."""
+        blades = self.algebra.num_blades
+        index = self.product_index()
+        signed = self.weight[:, index.triplet] * (index.sign.to(x.dtype) * scale)  # [C, (i, j)]
+        signed = signed.t().reshape(blades, blades, 1, self.channels)
+        return (x[:, None] * signed * y[self.algebra.right_index]).sum(0)
 
 
 class MVLayerNorm(MVModule):
