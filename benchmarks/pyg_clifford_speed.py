@@ -9,6 +9,8 @@
    is the median over rounds of the ratio within a round, so the load of a shared machine cancels out.
    ``--before DIR`` adds rows for another version of the package (``DIR/pyg_clifford``, e.g. the commit
    before a change: ``git archive <commit> pyg_clifford | tar -x -C DIR``), measured in the same rounds.
+   ``--compiled`` adds a row for ``torch.compile(model, fullgraph=True)`` (inductor; the compilation, minutes
+   on a small CPU, happens in the untimed warm-up and is reported separately).
 2. Scaling: random 3D point clouds of 100 to 10,000 nodes with a fixed density (radius graphs, mean degree
    about ``--degree``); time per forward + backward divided by the number of edges (hops 1) or edges plus
    paths (hops 2). A flat column means linear growth.
@@ -55,14 +57,16 @@ def build(name: str, config: str) -> tuple[torch.nn.Module, int]:
     width, layers, mlp_layers, egnn_width, egnn_layers = CONFIGS[config]
     if name == "egnn":
         return EGNNBaseline(egnn_width, egnn_layers), 0
-    hops = int(name[-1])
-    return CGEGNN(1, 1, width, layers, hops=hops, mlp_layers=mlp_layers), hops
+    hops = int(name.removesuffix("_compiled")[-1])
+    model = CGEGNN(1, 1, width, layers, hops=hops, mlp_layers=mlp_layers)
+    return (torch.compile(model, fullgraph=True) if name.endswith("_compiled") else model), hops
 
 
 def step(model: torch.nn.Module, hops: int, data: Batch) -> None:
-    if isinstance(model, CGEGNN):
+    if hops:
         paths = [data[f"path{k}_index"] for k in range(2, hops + 1)]
-        pred = model(data.pos, data.edge_index, data.vel, data.charge, data.edge_attr, data.batch, paths)[0]
+        args = (data.pos, data.edge_index, data.vel, data.charge, data.edge_attr, data.batch, paths)
+        pred = model(*args, num_graphs=data.num_graphs)[0]
     else:
         pred = model(data)
     ((pred - data.y) ** 2).mean().backward()
@@ -81,8 +85,10 @@ def measure(name: str, config: str, num_graphs: int, repeats: int) -> dict:
         step(model, hops, data)
         optimizer.step()
 
-    for _ in range(2):  # warm-up
+    start = time.perf_counter()
+    for _ in range(2):  # warm-up (and compilation)
         train_step()
+    warmup_s = time.perf_counter() - start
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -99,6 +105,7 @@ def measure(name: str, config: str, num_graphs: int, repeats: int) -> dict:
         step(model, hops, data)
     return {
         "step_ms": 1e3 * float(np.median(times)),
+        "warmup_s": warmup_s,
         "saved_mib": sum(storages.values()) / 2**20,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
@@ -119,6 +126,8 @@ def training_tables(args: argparse.Namespace) -> None:
     rows = [("egnn", "", None)] + [
         (name, version, source) for version, source in versions for name in ("cgegnn_h1", "cgegnn_h2")
     ]
+    if args.compiled:
+        rows.append(("cgegnn_h1_compiled", versions[-1][0], None))
     for config in args.configs:
         width, layers, mlp_layers, egnn_width, egnn_layers = CONFIGS[config]
         results: dict[tuple[str, str], list[dict]] = {}
@@ -142,6 +151,9 @@ def training_tables(args: argparse.Namespace) -> None:
                 f"{runs[0]['saved_mib']:.1f} | {runs[0]['saved_mib'] / base[0]['saved_mib']:.1f}x |",
                 flush=True,
             )
+        if args.compiled:
+            compiled = results[("cgegnn_h1_compiled", versions[-1][0])]
+            print(f"\ncompilation (in the warm-up of cgegnn_h1_compiled): {compiled[0]['warmup_s']:.0f} s")
         for version, _ in versions:
             hops1, hops2 = results[("cgegnn_h1", version)], results[("cgegnn_h2", version)]
             ratios = [b["step_ms"] / a["step_ms"] for a, b in zip(hops1, hops2, strict=True)]
@@ -226,6 +238,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-scaling", action="store_true")
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--compiled", action="store_true", help="add torch.compile(CG-EGNN hops 1)")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one model in a subprocess
     parser.add_argument("--config", default="cgenn", help=argparse.SUPPRESS)
     args = parser.parse_args()
