@@ -309,10 +309,13 @@ class WeightedGeometricProduct(torch.autograd.Function):
     y_{c, i \oplus j}` of blade-major ``x, y`` ``[2**n, M, C]`` with weights ``[C, T]``:
     ``z_c = (x_c \otimes y_c) B_c`` with the per-channel table ``B_c`` ``[4**n, 2**n]``, one batched matmul.
 
-    Saves only ``x`` and ``y`` for backward (plus the small tables); the gradients with respect to ``x`` and
-    ``y`` are two more weighted products with the transposed tables, the weight gradient is one batched
-    matmul of the outer products with the output gradient, summed over the pairs of each grade triplet. The
-    ``[C, M, 4**n]`` outer products exist only transiently, one at a time.
+    Saves only ``x`` and ``y`` for backward (plus the weights and the small tables); the gradients with
+    respect to ``x`` and ``y`` are two more weighted products with the transposed tables, the weight
+    gradient is one batched matmul of the outer products with the output gradient, summed over the pairs of
+    each grade triplet. The
+    ``[C, M, 4**n]`` outer products exist only transiently, one at a time. The backward is built from
+    differentiable operations (with the tables rebuilt from the weights under ``create_graph=True``), so
+    second derivatives, e.g. of force losses, are exact (``gradgradcheck``-tested).
     """
 
     @staticmethod
@@ -325,15 +328,17 @@ class WeightedGeometricProduct(torch.autograd.Function):
         index: WeightedProductIndex,
         scale: float,
     ) -> Tensor:
-        ctx.save_for_backward(x, y)
-        ctx.tables, ctx.index, ctx.scale, ctx.num_triplets = tables, index, scale, weight.size(1)
+        ctx.save_for_backward(x, y, weight)
+        ctx.tables, ctx.index, ctx.scale = tables, index, scale
         z = torch.bmm(_outer(_channel_major(x), _channel_major(y)), tables.forward)  # [C, M, 2**n]
         return _channel_major(z)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        x, y = ctx.saved_tensors
+        x, y, weight = ctx.saved_tensors
         tables, index = ctx.tables, ctx.index
+        if torch.is_grad_enabled() and weight.requires_grad:  # create_graph: differentiable tables
+            tables = product_tables(weight, index, x.size(0), ctx.scale)
         x_cm, y_cm, grad_cm = _channel_major(x), _channel_major(y), _channel_major(grad)
         grad_x = grad_y = grad_weight = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[2]:
@@ -345,7 +350,7 @@ class WeightedGeometricProduct(torch.autograd.Function):
                 pairs = grad_table.flatten(1)[:, index.transposed_position] * (
                     index.sign.to(grad.dtype) * ctx.scale
                 )
-                grad_weight = pairs.new_zeros(pairs.size(0), ctx.num_triplets)
+                grad_weight = pairs.new_zeros(weight.shape)
                 grad_weight = grad_weight.index_add_(1, index.triplet, pairs)
         if ctx.needs_input_grad[1]:
             grad_y = _channel_major(torch.bmm(_outer(x_cm, grad_cm), tables.right))

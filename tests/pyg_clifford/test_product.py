@@ -51,11 +51,13 @@ def test_weighted_product_passes_gradcheck(metric: tuple[float, ...]) -> None:
         return WeightedGeometricProduct.apply(x, y, weight, tables, index, 0.7)
 
     assert torch.autograd.gradcheck(product, (x, y, weight))
+    assert torch.autograd.gradgradcheck(product, (x, y, weight))
 
 
 @pytest.mark.parametrize("metric", METRICS)
 def test_fused_invariant_layers_pass_gradcheck(metric: tuple[float, ...]) -> None:
-    """The hand-written backward passes of MVSiLU, MVGradeNorm and MVLayerNorm (each saves only its input)."""
+    """The hand-written backward passes of MVSiLU, MVGradeNorm and MVLayerNorm (each saves only its input),
+    and their second derivatives."""
     algebra = CliffordAlgebra(metric)
     tables = grade_tables(algebra, torch.float64)
     generator = torch.Generator().manual_seed(1)
@@ -69,10 +71,15 @@ def test_fused_invariant_layers_pass_gradcheck(metric: tuple[float, ...]) -> Non
         rand(algebra.num_grades, 1, 3),
         rand(algebra.num_grades, 1, 3),
     )
-    assert torch.autograd.gradcheck(lambda x, al, be: _GradeGate.apply(x, al, be, tables), (x, alpha, beta))
-    assert torch.autograd.gradcheck(lambda x, a: _GradeNormalise.apply(x, a, tables, 1e-12), (x, a))
     squares = algebra.blade_squares(torch.float64)
-    assert torch.autograd.gradcheck(lambda x, s: _LayerNormalise.apply(x, s, squares, 1e-6), (x, rand(3)))
+    checks = [
+        (lambda x, al, be: _GradeGate.apply(x, al, be, tables), (x, alpha, beta)),
+        (lambda x, a: _GradeNormalise.apply(x, a, tables, 1e-12), (x, a)),
+        (lambda x, s: _LayerNormalise.apply(x, s, squares, 1e-6), (x, rand(3))),
+    ]
+    for function, inputs in checks:
+        assert torch.autograd.gradcheck(function, inputs)
+        assert torch.autograd.gradgradcheck(function, inputs)
 
 
 def test_weighted_product_equals_the_signed_gather() -> None:
