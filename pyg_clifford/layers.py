@@ -101,7 +101,7 @@ class MVLinear(MVModule):
 
 
 class GradeTables(NamedTuple):
-    """Blade tables of an algebra in a working dtype: the grade of each blade ``[2**n]``, the signed grade
+    r"""Blade tables of an algebra in a working dtype: the grade of each blade ``[2**n]``, the signed grade
     sums :math:`P` ``[n + 1, 2**n]`` (:meth:`CliffordAlgebra.grade_sum_matrix`), the unsigned ones ``U`` and
     the blade squares :math:`\tilde e_A e_A` ``[2**n]``."""
 
