@@ -1,19 +1,27 @@
-"""Speed of CG-EGNN against egnn-pytorch's EGNN (CPU, forward + backward), from one run.
+"""Speed of CG-EGNN against egnn-pytorch's EGNN (CPU, training steps), ratios from one run.
 
-1. Throughput (graphs/s) and peak memory on n-body batches (100 fully connected 5-node graphs) at matched
-   width (``--width`` multivector channels for CG-EGNN, ``--width`` features for EGNN) and depth, as ratios.
-   Memory is the activation memory of a training step: the bytes of the distinct tensor storages that
-   autograd saves for the backward pass (``saved_tensors_hooks``), which is deterministic on the CPU, unlike
-   the resident set size. Each model is timed in a fresh subprocess.
+1. Training steps (forward, backward, Adam step) on n-body batches (``--graphs`` fully connected 5-node
+   graphs) in two configurations: the CGENN n-body one (CG-EGNN ``hidden_channels=28, num_layers=3,
+   mlp_layers=2`` against 4 ``EGNN_Sparse`` layers of width 64) and a matched one (width 16, 4 layers, one
+   CEMLP block, against EGNN width 16). Memory is the activation memory of a step: the bytes of the distinct
+   tensor storages that autograd saves for backward (``saved_tensors_hooks``), deterministic on the CPU.
+   Every model runs in a fresh subprocess; the models are interleaved over ``--rounds`` rounds and each ratio
+   is the median over rounds of the ratio within a round, so the load of a shared machine cancels out.
+   ``--before DIR`` adds rows for another version of the package (``DIR/pyg_clifford``, e.g. the commit
+   before a change: ``git archive <commit> pyg_clifford | tar -x -C DIR``), measured in the same rounds.
+   ``--compiled`` adds a row for ``torch.compile(model, fullgraph=True)`` (inductor; the compilation, minutes
+   on a small CPU, happens in the untimed warm-up and is reported separately).
 2. Scaling: random 3D point clouds of 100 to 10,000 nodes with a fixed density (radius graphs, mean degree
    about ``--degree``); time per forward + backward divided by the number of edges (hops 1) or edges plus
    paths (hops 2). A flat column means linear growth.
 
     python -m benchmarks.pyg_clifford_speed
+    python -m benchmarks.pyg_clifford_speed --before /tmp/before --skip-scaling
 """
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -29,6 +37,10 @@ from pyg_clifford import CGEGNN, KHopPaths, khop_paths
 from pyg_clifford.nbody import nbody_graph, simulate_charged
 from pyg_clifford.train import EGNNBaseline
 
+CONFIGS = {  # name: (CG-EGNN width, layers, mlp_layers, EGNN width, EGNN layers)
+    "cgenn": (28, 3, 2, 64, 4),
+    "matched": (16, 4, 1, 16, 4),
+}
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -41,48 +53,114 @@ def nbody_batch(num_graphs: int, hops: int) -> Batch:
     return next(iter(DataLoader(graphs, batch_size=num_graphs)))
 
 
-def build(name: str, width: int, layers: int) -> tuple[torch.nn.Module, int]:
+def build(name: str, config: str) -> tuple[torch.nn.Module, int]:
+    width, layers, mlp_layers, egnn_width, egnn_layers = CONFIGS[config]
     if name == "egnn":
-        return EGNNBaseline(width, layers), 0
-    hops = int(name[-1])
-    return CGEGNN(1, 1, width, layers, hops=hops), hops
+        return EGNNBaseline(egnn_width, egnn_layers), 0
+    hops = int(name.removesuffix("_compiled")[-1])
+    model = CGEGNN(1, 1, width, layers, hops=hops, mlp_layers=mlp_layers)
+    return (torch.compile(model, fullgraph=True) if name.endswith("_compiled") else model), hops
 
 
 def step(model: torch.nn.Module, hops: int, data: Batch) -> None:
-    if isinstance(model, CGEGNN):
+    if hops:
         paths = [data[f"path{k}_index"] for k in range(2, hops + 1)]
-        pred = model(data.pos, data.edge_index, data.vel, data.charge, data.edge_attr, data.batch, paths)[0]
+        args = (data.pos, data.edge_index, data.vel, data.charge, data.edge_attr, data.batch, paths)
+        pred = model(*args, num_graphs=data.num_graphs)[0]
     else:
         pred = model(data)
     ((pred - data.y) ** 2).mean().backward()
 
 
-def measure(name: str, width: int, layers: int, num_graphs: int, repeats: int) -> dict:
-    """Run in a subprocess: graphs/s of forward + backward and bytes saved for backward."""
+def measure(name: str, config: str, num_graphs: int, repeats: int) -> dict:
+    """Run in a subprocess: the median time of a training step (forward, backward, Adam) and the bytes
+    saved for backward."""
     torch.manual_seed(0)
-    model, hops = build(name, width, layers)
+    model, hops = build(name, config)
     data = nbody_batch(num_graphs, max(hops, 1))
-    step(model, hops, data)  # warm-up
-    model.zero_grad()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def train_step() -> None:
+        optimizer.zero_grad()
+        step(model, hops, data)
+        optimizer.step()
+
+    start = time.perf_counter()
+    for _ in range(2):  # warm-up (and compilation)
+        train_step()
+    warmup_s = time.perf_counter() - start
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        step(model, hops, data)
+        train_step()
         times.append(time.perf_counter() - start)
-        model.zero_grad()
     storages: dict[int, int] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
         return tensor
 
+    optimizer.zero_grad()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         step(model, hops, data)
     return {
-        "graphs_per_s": num_graphs / float(np.median(times)),
+        "step_ms": 1e3 * float(np.median(times)),
+        "warmup_s": warmup_s,
         "saved_mib": sum(storages.values()) / 2**20,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
+
+
+def run_measure(name: str, config: str, args: argparse.Namespace, source: str | None) -> dict:
+    command = [sys.executable, "-m", "benchmarks.pyg_clifford_speed", "--measure", name, "--config", config]
+    command += ["--graphs", str(args.graphs), "--repeats", str(args.repeats), "--threads", str(args.threads)]
+    env = dict(os.environ)
+    if source is not None:  # another version of the package first on the path (``-m`` puts the cwd first)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (source, str(REPO), env.get("PYTHONPATH", "")) if p)
+    done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=source or REPO, env=env)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def training_tables(args: argparse.Namespace) -> None:
+    versions = [("before", args.before), ("after", None)] if args.before else [("", None)]
+    rows = [("egnn", "", None)] + [
+        (name, version, source) for version, source in versions for name in ("cgegnn_h1", "cgegnn_h2")
+    ]
+    if args.compiled:
+        rows.append(("cgegnn_h1_compiled", versions[-1][0], None))
+    for config in args.configs:
+        width, layers, mlp_layers, egnn_width, egnn_layers = CONFIGS[config]
+        results: dict[tuple[str, str], list[dict]] = {}
+        for _ in range(args.rounds):  # interleaved: every model once per round
+            for name, version, source in rows:
+                results.setdefault((name, version), []).append(run_measure(name, config, args, source))
+        base = results[("egnn", "")]
+        print(
+            f"\n### {config}: CG-EGNN width {width}, {layers} layers, mlp_layers {mlp_layers} vs EGNN width "
+            f"{egnn_width}, {egnn_layers} layers; {args.graphs} n-body graphs x 5 nodes, Adam step, "
+            f"{args.threads} thread(s), median of {args.rounds} interleaved rounds\n"
+        )
+        print("| model | version | parameters | step (ms) | vs EGNN | saved for backward (MiB) | vs EGNN |")
+        print("|---|---|---|---|---|---|---|")
+        for (name, version), runs in results.items():
+            ratios = [r["step_ms"] / b["step_ms"] for r, b in zip(runs, base, strict=True)]
+            step_ms = float(np.median([r["step_ms"] for r in runs]))
+            print(
+                f"| {name} | {version or '-'} | {runs[0]['parameters']:,} | {step_ms:.0f} | "
+                f"{np.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f}) | "
+                f"{runs[0]['saved_mib']:.1f} | {runs[0]['saved_mib'] / base[0]['saved_mib']:.1f}x |",
+                flush=True,
+            )
+        if args.compiled:
+            compiled = results[("cgegnn_h1_compiled", versions[-1][0])]
+            print(f"\ncompilation (in the warm-up of cgegnn_h1_compiled): {compiled[0]['warmup_s']:.0f} s")
+        for version, _ in versions:
+            hops1, hops2 = results[("cgegnn_h1", version)], results[("cgegnn_h2", version)]
+            ratios = [b["step_ms"] / a["step_ms"] for a, b in zip(hops1, hops2, strict=True)]
+            print(
+                f"\nhops 2 / hops 1{' (' + version + ')' if version else ''}: step {np.median(ratios):.2f}x, "
+                f"memory {hops2[0]['saved_mib'] / hops1[0]['saved_mib']:.1f}x"
+            )
 
 
 def radius_cloud(num_nodes: int, degree: float, seed: int = 0) -> Batch:
@@ -125,7 +203,7 @@ def scaling(args: argparse.Namespace) -> None:
             if name == "cgegnn_h2" and num_nodes > args.max_nodes_hops2:
                 continue
             torch.manual_seed(0)
-            model, hops = build(name, args.scale_width, args.scale_layers)
+            model, hops = build(name, "scale")
             units = num_edges + (num_paths if hops == 2 else 0)
             step(model, hops, data)
             start = time.perf_counter()
@@ -147,10 +225,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--width", type=int, default=16, help="channels (CG-EGNN) / features (EGNN)")
-    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--graphs", type=int, default=100, help="n-body graphs per batch")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per model and round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the models")
+    parser.add_argument("--before", help="directory holding another version of pyg_clifford to compare")
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
     parser.add_argument("--degree", type=float, default=6.0)
     parser.add_argument("--scale-width", type=int, default=4, help="width in the scaling table")
@@ -158,35 +237,19 @@ def main() -> None:
     parser.add_argument("--max-nodes-hops2", type=int, default=3000, help="largest graph timed with hops 2")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-scaling", action="store_true")
+    parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--compiled", action="store_true", help="add torch.compile(CG-EGNN hops 1)")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one model in a subprocess
+    parser.add_argument("--config", default="cgenn", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    CONFIGS["scale"] = (args.scale_width, args.scale_layers, 1, args.scale_width, args.scale_layers)
 
     if args.measure:
-        print(json.dumps(measure(args.measure, args.width, args.layers, args.graphs, args.repeats)))
+        print(json.dumps(measure(args.measure, args.config, args.graphs, args.repeats)))
         return
-
-    results = {}
-    for name in ("egnn", "cgegnn_h1", "cgegnn_h2"):
-        command = [sys.executable, "-m", "benchmarks.pyg_clifford_speed", "--measure", name]
-        command += ["--width", str(args.width), "--layers", str(args.layers), "--graphs", str(args.graphs)]
-        command += ["--repeats", str(args.repeats), "--threads", str(args.threads)]
-        done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO)
-        results[name] = json.loads(done.stdout.strip().splitlines()[-1])
-
-    base = results["egnn"]
-    print(
-        f"### n-body batches ({args.graphs} graphs x 5 nodes, fully connected), width {args.width}, "
-        f"{args.layers} layers, {args.threads} thread(s), CPU\n"
-    )
-    print("| model | parameters | graphs/s | vs EGNN | saved for backward (MiB) | vs EGNN |")
-    print("|---|---|---|---|---|---|")
-    for name, r in results.items():
-        print(
-            f"| {name} | {r['parameters']:,} | {r['graphs_per_s']:.0f} | "
-            f"{r['graphs_per_s'] / base['graphs_per_s']:.2f}x | {r['saved_mib']:.1f} | "
-            f"{r['saved_mib'] / base['saved_mib']:.1f}x |"
-        )
+    if not args.skip_training:
+        training_tables(args)
     if not args.skip_scaling:
         scaling(args)
 

@@ -2,9 +2,11 @@
 
 :class:`CliffordAlgebra` (geometric product as a signed gather), CGENN-style multivector layers,
 :class:`CGConv` with k-hop path messages (our CG-EGNN formulation), the :class:`CGEGNN` model, the
-:class:`KHopPaths` transform, the charged :class:`NBody` dataset and the local :class:`MD17Trajectory` loader.
+:class:`KHopPaths` transform, the charged :class:`NBody` dataset and the local :class:`MD17Trajectory` loader;
+:mod:`pyg_clifford.testing` checks the equivariance of your own modules.
 """
 
+from . import testing
 from .algebra import CliffordAlgebra
 from .conv import CGConv, path_geometry
 from .layers import CEMLP, MVGradeNorm, MVLayerNorm, MVLinear, MVSiLU, SteerableGeometricProduct
@@ -29,4 +31,5 @@ __all__ = [
     "khop_paths",
     "path_geometry",
     "simulate_charged",
+    "testing",
 ]

@@ -34,15 +34,17 @@ class CliffordAlgebra(nn.Module):
         (a b)_j = \sum_i \sigma_{ij}\, a_i\, b_{k(i, j)}, \qquad k(i, j) = i \oplus j
 
     is a gather of ``b`` followed by a signed sum: :math:`O(4^n)` work, no :math:`8^n` Cayley contraction.
-    The tables are buffers, so ``algebra.to(device)`` moves them.
+    The tables are buffers, so ``algebra.to(device)`` moves them. The signed metric factors
+    :math:`\sigma_{ij}` are kept exact: they are stored as the bits of float64 numbers (an integer buffer that
+    ``.float()`` / ``.double()`` leave alone) and rounded once to the working dtype of each call, so a
+    metric entry ``0.1`` gives :math:`e_1^2 = 0.1` in float64 whatever dtype casts the module went through.
 
     Args:
         metric (sequence of float): the squares :math:`e_i^2` of the basis vectors.
     """
 
-    blade_index: Tensor
     right_index: Tensor
-    sign: Tensor
+    sign_bits: Tensor
     blade_grades: Tensor
     reverse_sign: Tensor
     involute_sign: Tensor
@@ -73,9 +75,9 @@ class CliffordAlgebra(nn.Module):
             metric_factor = np.where((left & right) >> axis & 1, metric_factor * square, metric_factor)
         sign = _reorder_sign(left, right) * metric_factor
 
-        self.register_buffer("blade_index", torch.from_numpy(bitmaps), persistent=False)
         self.register_buffer("right_index", torch.from_numpy(position[right]), persistent=False)
-        self.register_buffer("sign", torch.from_numpy(sign).float(), persistent=False)
+        sign_bits = torch.from_numpy(np.ascontiguousarray(sign, dtype=np.float64)).view(torch.int64)
+        self.register_buffer("sign_bits", sign_bits, persistent=False)
         self.register_buffer("blade_grades", torch.from_numpy(grades), persistent=False)
         g = torch.from_numpy(grades)
         self.register_buffer("reverse_sign", (-1.0) ** (g * (g - 1) // 2), persistent=False)
@@ -88,8 +90,19 @@ class CliffordAlgebra(nn.Module):
     def extra_repr(self) -> str:
         return f"metric={self.metric}"
 
+    @property
+    def sign(self) -> Tensor:
+        r"""The exact signed metric factors :math:`\sigma_{ij}` (output blade ``j``, left blade ``i``),
+        float64 ``[2**n, 2**n]``."""
+        return self.sign_bits.view(torch.float64)
+
+    def sign_table(self, dtype: torch.dtype) -> Tensor:
+        r""":math:`\sigma_{ij}` rounded once from float64 to ``dtype``."""
+        return self.sign.to(dtype)
+
     def check(self, x: Tensor, name: str = "input") -> None:
-        """Raise a ``ValueError`` unless the last axis of ``x`` has ``2**n`` entries."""
+        """Raise a ``ValueError`` unless the last axis of ``x`` has ``2**n`` entries (shape only: no device
+        synchronisation, nothing that breaks a ``torch.compile`` graph)."""
         if x.dim() == 0 or x.size(-1) != self.num_blades:
             raise ValueError(
                 f"Expected {name} of shape [..., {self.num_blades}] for Cl{self.metric} "
@@ -101,7 +114,7 @@ class CliffordAlgebra(nn.Module):
         self.check(a, "a")
         self.check(b, "b")
         b_gathered = b[..., self.right_index]  # [..., i, j] = b_{i xor j}
-        return torch.einsum("...i,...ij,ij->...j", a, b_gathered, self.sign.to(a.dtype))
+        return torch.einsum("...i,...ij,ij->...j", a, b_gathered, self.sign_table(a.dtype))
 
     def grade_projection(self, x: Tensor, grades: int | Sequence[int]) -> Tensor:
         r"""Keep the blades of the given grade(s): :math:`\langle x \rangle_g`, shape unchanged."""
@@ -129,7 +142,14 @@ class CliffordAlgebra(nn.Module):
 
     def blade_squares(self, dtype: torch.dtype = torch.float32) -> Tensor:
         r"""The scalars :math:`\tilde e_A e_A` of each blade, shape ``[2**n]``."""
-        return (self.reverse_sign * self.sign[:, 0]).to(dtype)
+        return (self.reverse_sign.to(torch.float64) * self.sign[:, 0]).to(dtype)
+
+    def grade_sum_matrix(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        r"""The ``[n + 1, 2**n]`` matrix :math:`P_{gA} = [|A| = g]\, \tilde e_A e_A`, so that
+        :math:`P\,(x \odot x)` are the per-grade quadratic forms of blade-major ``x`` ``[2**n, ...]``."""
+        grades = torch.arange(self.num_grades, device=self.blade_grades.device)
+        member = self.blade_grades[None, :] == grades[:, None]
+        return member.to(dtype) * self.blade_squares(dtype)
 
     def quadratic_form(self, x: Tensor) -> Tensor:
         r"""Quadratic form :math:`q(x) = \langle \tilde x x \rangle_0 = \sum_A (\tilde e_A e_A)\, x_A^2`,

@@ -5,20 +5,45 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
+from torch_geometric.nn.aggr import Aggregation, MeanAggregation, SumAggregation
 
 from .algebra import CliffordAlgebra
 from .layers import CEMLP
-from .transforms import check_edge_index, khop_paths
+from .transforms import PATH_MODES, khop_paths
+
+EQUIVARIANT_AGGREGATIONS = ("sum", "add", "mean")
+
+
+def check_aggregation(aggr: str | Aggregation) -> None:
+    r"""Raise a ``ValueError`` unless ``aggr`` commutes with the Clifford-group action.
+
+    An aggregation :math:`A` of multivector messages is equivariant iff :math:`A(\rho(v) m_1, \ldots) =
+    \rho(v) A(m_1, \ldots)`. Sum and mean are linear with weights that do not depend on the messages, so
+    they commute with the linear map :math:`\rho(v)`. ``max``, ``min``, ``std``, ``var``, ``softmax``,
+    ``median`` and the other PyG aggregations act on each blade coefficient separately (or weight messages by
+    their coefficients), which a rotation mixes: they are rejected.
+    """
+    if isinstance(aggr, str) and aggr in EQUIVARIANT_AGGREGATIONS:
+        return
+    if isinstance(aggr, (SumAggregation, MeanAggregation)):
+        return
+    raise ValueError(
+        f"Expected an aggregation that commutes with the Clifford-group action, one of "
+        f"{EQUIVARIANT_AGGREGATIONS} (or SumAggregation / MeanAggregation), got {aggr!r}: aggregations "
+        "that act on each blade coefficient separately (max, min, std, softmax, median, ...) are not "
+        "rotation equivariant on multivectors"
+    )
 
 
 def path_geometry(pos: Tensor, path: Tensor, algebra: CliffordAlgebra) -> Tensor:
     r"""Equivariant geometric features of paths :math:`p_0 \leftarrow p_1 \leftarrow \cdots \leftarrow p_k`.
 
     With :math:`r_t = x_{p_{t-1}} - x_{p_t}` embedded as vectors, returns every contiguous product
-    :math:`r_s r_{s+1} \cdots r_t` (:math:`1 \le s \le t \le k`): for ``k = 2`` the channels
-    :math:`r_1, r_2, r_1 r_2`
+    :math:`r_s r_{s+1} \cdots r_t` (:math:`1 \le s \le t \le k`), ordered by :math:`s`, then :math:`t`:
+    for ``k = 2`` the channels :math:`r_1, r_1 r_2, r_2`
     (:math:`r_1 r_2` = scalar :math:`r_1 \cdot r_2` + bivector :math:`r_1 \wedge r_2`),
-    for ``k = 3`` also :math:`r_2 r_3` and :math:`r_1 r_2 r_3` (with the trivector, an oriented volume).
+    for ``k = 3`` :math:`r_1, r_1 r_2, r_1 r_2 r_3, r_2, r_2 r_3, r_3` (with the trivector of
+    :math:`r_1 r_2 r_3`, an oriented volume).
 
     Shapes: ``pos [N, n]``, ``path [k + 1, P]`` -> ``[P, k (k + 1) / 2, 2**n]``.
     """
@@ -61,13 +86,24 @@ class CGConv(MessagePassing):
         out_channels (int): output multivector channels.
         algebra (CliffordAlgebra): the algebra; positions have ``algebra.dim`` coordinates.
         hops (int): longest path order :math:`K \ge 1`. (default: :obj:`1`)
-        aggr (str): aggregation of messages. (default: :obj:`"mean"`)
+        aggr (str or Aggregation): aggregation of messages; only aggregations that commute with the group
+            action are accepted (``"sum"``, ``"add"``, ``"mean"``), others raise a ``ValueError``
+            (:func:`check_aggregation`). (default: :obj:`"mean"`)
         edge_channels (int): channels of ``edge_attr`` (scalars ``[E, C_e]`` or multivectors
             ``[E, C_e, 2**n]``). (default: :obj:`0`)
         hidden_channels (int, optional): width of the messages and MLPs (default: ``out_channels``).
         mlp_layers (int): blocks in each :class:`CEMLP`. (default: :obj:`1`)
         path_mode (str): how paths are enumerated when they are not given (see
             :func:`~pyg_clifford.transforms.khop_paths`). (default: :obj:`"walk"`)
+        **kwargs (optional): additional arguments of :class:`torch_geometric.nn.conv.MessagePassing`.
+
+    The layer is Clifford-group equivariant for any signature of the algebra: rotations and reflections for
+    :math:`Cl(n, 0)`, and also Lorentz boosts for :math:`Cl(1, 3)` (tested in float64 with
+    :func:`pyg_clifford.testing.assert_equivariant`). A hop order with no paths (or an empty ``edge_index``)
+    gives a zero aggregate. Index ranges are not checked here (that would synchronise with the device and
+    break ``torch.compile`` graphs): :func:`~pyg_clifford.transforms.khop_paths`, :class:`KHopPaths` and
+    :func:`~pyg_clifford.transforms.check_edge_index` check them where the data are prepared. This is not
+    :class:`torch_geometric.nn.conv.CGConv` (the crystal-graph convolution).
 
     Shapes:
         - **input:** node features :math:`(|\mathcal{V}|, C_{in}, 2^n)`,
@@ -89,10 +125,14 @@ class CGConv(MessagePassing):
         hidden_channels: int | None = None,
         mlp_layers: int = 1,
         path_mode: str = "walk",
+        **kwargs,
     ) -> None:
         if hops < 1:
             raise ValueError(f"Expected hops >= 1, got {hops}")
-        super().__init__(aggr=aggr, node_dim=0)
+        if path_mode not in PATH_MODES:
+            raise ValueError(f"Expected path_mode in {PATH_MODES}, got {path_mode!r}")
+        check_aggregation(aggr)
+        super().__init__(aggr=aggr, node_dim=0, **kwargs)
         self.in_channels, self.out_channels, self.algebra = in_channels, out_channels, algebra
         self.hops, self.edge_channels, self.path_mode = hops, edge_channels, path_mode
         hidden = hidden_channels or out_channels
@@ -128,7 +168,7 @@ class CGConv(MessagePassing):
             raise ValueError(
                 f"Expected x of shape [num_nodes, {self.in_channels}, {blades}], got {tuple(x.shape)}"
             )
-        check_edge_index(edge_index, num_nodes)
+        _check_index_shape(edge_index, "edge_index", 2)
         if pos is not None and pos.shape != (num_nodes, self.algebra.dim):
             raise ValueError(
                 f"Expected pos of shape [{num_nodes}, {self.algebra.dim}], got {tuple(pos.shape)}"
@@ -145,7 +185,7 @@ class CGConv(MessagePassing):
         aggregates = []
         for order, path in enumerate(all_paths, start=1):  # loop over hop orders; each is vectorised
             if order > 1:
-                check_edge_index(path, num_nodes, f"path{order}_index", rows=order + 1)
+                _check_index_shape(path, f"path{order}_index", order + 1)
             inputs = self._path_inputs(x, pos, path, edge_mv if order == 1 else None)
             aggregates.append(
                 self.propagate(path[[-1, 0]], inputs=inputs, order=order, size=(num_nodes, num_nodes))
@@ -177,7 +217,8 @@ class CGConv(MessagePassing):
     def _path_inputs(self, x: Tensor, pos: Tensor | None, path: Tensor, edge_mv: Tensor | None) -> Tensor:
         """Message inputs ``[P, k C_in + k (k + 1) / 2 (+ C_e), 2**n]`` of paths ``[k + 1, P]``."""
         k, num_paths = path.size(0) - 1, path.size(1)
-        differences = (x[path[:-1]] - x[path[1:]]).permute(1, 0, 2, 3).reshape(num_paths, -1, x.size(-1))
+        differences = (x[path[:-1]] - x[path[1:]]).permute(1, 0, 2, 3)
+        differences = differences.reshape(num_paths, k * x.size(1), x.size(2))
         if pos is None:
             geometry = x.new_zeros(num_paths, k * (k + 1) // 2, x.size(-1))
         else:
@@ -188,3 +229,12 @@ class CGConv(MessagePassing):
     def __repr__(self) -> str:
         name = self.__class__.__name__
         return f"{name}({self.in_channels}, {self.out_channels}, hops={self.hops}, aggr={self.aggr})"
+
+
+def _check_index_shape(index: Tensor, name: str, rows: int) -> None:
+    """Shape and dtype check of an index tensor (no value check: nothing that synchronises)."""
+    if index.dim() != 2 or index.size(0) != rows or index.is_floating_point():
+        raise ValueError(
+            f"Expected {name} of shape [{rows}, num_{'edges' if rows == 2 else 'paths'}] with integer "
+            f"entries, got {tuple(index.shape)}"
+        )

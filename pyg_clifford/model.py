@@ -10,6 +10,7 @@ from torch_geometric.utils import scatter
 from .algebra import CliffordAlgebra
 from .conv import CGConv
 from .layers import MVLinear
+from .transforms import PATH_MODES, khop_paths
 
 
 class CGEGNN(nn.Module):
@@ -38,6 +39,12 @@ class CGEGNN(nn.Module):
         algebra (CliffordAlgebra, optional): default :math:`Cl(3, 0)`.
         aggr (str): message aggregation. (default: :obj:`"mean"`)
         mlp_layers (int): blocks per :class:`CEMLP`. (default: :obj:`1`)
+        path_mode (str): path enumeration when ``paths`` are not given (see
+            :func:`~pyg_clifford.transforms.khop_paths`); they are then enumerated once per forward and
+            shared by every layer. (default: :obj:`"walk"`)
+
+    With ``paths`` and ``num_graphs`` given (or ``batch=None``), :meth:`forward` has no data-dependent
+    shapes and no device synchronisation, so ``torch.compile(model, fullgraph=True)`` captures it whole.
     """
 
     def __init__(
@@ -52,8 +59,12 @@ class CGEGNN(nn.Module):
         algebra: CliffordAlgebra | None = None,
         aggr: str = "mean",
         mlp_layers: int = 1,
+        path_mode: str = "walk",
     ) -> None:
         super().__init__()
+        if path_mode not in PATH_MODES:
+            raise ValueError(f"Expected path_mode in {PATH_MODES}, got {path_mode!r}")
+        self.path_mode = path_mode
         self.algebra = algebra if algebra is not None else CliffordAlgebra((1.0, 1.0, 1.0))
         self.node_scalars, self.edge_scalars, self.out_scalars = node_scalars, edge_scalars, out_scalars
         self.use_velocity, self.hops = use_velocity, hops
@@ -64,10 +75,11 @@ class CGEGNN(nn.Module):
                 hidden_channels,
                 hidden_channels,
                 self.algebra,
-                hops,
-                aggr,
-                edge_scalars,
+                hops=hops,
+                aggr=aggr,
+                edge_channels=edge_scalars,
                 mlp_layers=mlp_layers,
+                path_mode=path_mode,
             )
             for _ in range(num_layers)
         )
@@ -92,17 +104,23 @@ class CGEGNN(nn.Module):
         edge_attr: Tensor | None = None,
         batch: Tensor | None = None,
         paths: Sequence[Tensor] | None = None,
+        num_graphs: int | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         r"""Returns predicted positions ``[N, n]``, node invariants ``[N, out_scalars]`` and graph invariants
         ``[B, out_scalars]``. Inputs: ``pos, vel [N, n]``, ``node_attr [N, node_scalars]``,
-        ``edge_attr [E, edge_scalars]``, ``batch [N]``, ``paths`` as in :class:`CGConv`."""
+        ``edge_attr [E, edge_scalars]``, ``batch [N]``, ``paths`` as in :class:`CGConv` (enumerated once
+        here when missing), ``num_graphs`` (``B``; read from ``batch`` when missing, which synchronises)."""
         n = self.algebra.dim
         if pos.dim() != 2 or pos.size(1) != n:
             raise ValueError(f"Expected pos of shape [num_nodes, {n}], got {tuple(pos.shape)}")
         num_nodes = pos.size(0)
         if batch is None:
-            batch = pos.new_zeros(num_nodes, dtype=torch.long)
-        centred = pos - scatter(pos, batch, dim=0, reduce="mean")[batch]
+            batch, num_graphs = pos.new_zeros(num_nodes, dtype=torch.long), 1
+        elif num_graphs is None:
+            num_graphs = int(batch.max()) + 1 if batch.numel() else 0
+        if paths is None:
+            paths = khop_paths(edge_index, num_nodes, self.hops, self.path_mode) if self.hops > 1 else []
+        centred = pos - scatter(pos, batch, dim=0, dim_size=num_graphs, reduce="mean")[batch]
         channels = []
         if self.node_scalars:
             if node_attr is None or node_attr.shape != (num_nodes, self.node_scalars):
@@ -124,4 +142,5 @@ class CGEGNN(nn.Module):
             h = h + conv(h, edge_index, pos=pos, edge_attr=edge_attr, paths=paths)
         out = self.readout(h)
         node_out = out[:, 1:, 0]
-        return pos + self.algebra.extract(out[:, 0], 1), node_out, global_mean_pool(node_out, batch)
+        graph_out = global_mean_pool(node_out, batch, size=num_graphs)
+        return pos + self.algebra.extract(out[:, 0], 1), node_out, graph_out

@@ -37,6 +37,9 @@ def khop_paths(edge_index: Tensor, num_nodes: int, hops: int, mode: str = "walk"
     - ``"shell"``: only the walks whose end :math:`p_k` is at shortest-path distance exactly ``k`` from
       :math:`p_0` (hop shells; the walks are then shortest paths).
 
+    Self-loops of ``edge_index`` are ignored (a step :math:`i \leftarrow i` has a zero relative vector and
+    would only repeat shorter paths). An order with no paths gives a ``[k + 1, 0]`` tensor.
+
     The cost is linear in the number of paths: one ``repeat_interleave`` gather per hop, no Python loop
     over nodes or edges. Returns ``[path2, ..., path{hops}]`` (empty for ``hops = 1``).
     """
@@ -45,6 +48,7 @@ def khop_paths(edge_index: Tensor, num_nodes: int, hops: int, mode: str = "walk"
     if mode not in PATH_MODES:
         raise ValueError(f"Expected mode in {PATH_MODES}, got {mode!r}")
     check_edge_index(edge_index, num_nodes)
+    edge_index = edge_index[:, edge_index[0] != edge_index[1]]  # drop self-loops
     order = torch.argsort(edge_index[1], stable=True)
     sources = edge_index[0, order]
     ptr = torch.zeros(num_nodes + 1, dtype=torch.long, device=edge_index.device)
@@ -71,7 +75,10 @@ def _pair_key(paths: Tensor, num_nodes: int) -> Tensor:
 
 def check_edge_index(edge_index: Tensor, num_nodes: int, name: str = "edge_index", rows: int = 2) -> None:
     """Raise a ``ValueError`` unless ``edge_index`` is a ``[rows, E]`` integer tensor with entries in
-    ``[0, num_nodes)`` (``rows = k + 1`` for the paths of ``k`` edges)."""
+    ``[0, num_nodes)`` (``rows = k + 1`` for the paths of ``k`` edges).
+
+    The range check reads values (a device synchronisation), so it runs where data are prepared
+    (:func:`khop_paths`, :class:`KHopPaths`), not in every ``forward``."""
     if edge_index.dim() != 2 or edge_index.size(0) != rows or edge_index.is_floating_point():
         raise ValueError(
             f"Expected {name} of shape [{rows}, num_{'edges' if rows == 2 else 'paths'}] with integer "
@@ -84,6 +91,22 @@ def check_edge_index(edge_index: Tensor, num_nodes: int, name: str = "edge_index
         )
 
 
+def check_paths(edge_index: Tensor, paths: list[Tensor], num_nodes: int) -> None:
+    r"""Raise a ``ValueError`` unless every step :math:`p_{t+1} \to p_t` of every path in ``paths``
+    (``[k + 1, P_k]`` tensors) is an edge of ``edge_index``: catches paths made stale by a transform that
+    changed the graph after :class:`KHopPaths` (vectorised: one ``isin`` over edge keys per order)."""
+    check_edge_index(edge_index, num_nodes)
+    edge_keys = edge_index[0] * num_nodes + edge_index[1]
+    for path in paths:
+        check_edge_index(path, num_nodes, f"path{path.size(0) - 1}_index", rows=path.size(0))
+        step_keys = (path[1:] * num_nodes + path[:-1]).flatten()
+        if not bool(torch.isin(step_keys, edge_keys).all()):
+            raise ValueError(
+                f"Expected every step of path{path.size(0) - 1}_index to be an edge of edge_index: the paths "
+                "are stale (apply KHopPaths after every transform that changes nodes or edges)"
+            )
+
+
 @functional_transform("khop_paths")
 class KHopPaths(BaseTransform):
     r"""Precompute the k-hop paths of :func:`khop_paths` once per graph and store them as
@@ -91,6 +114,12 @@ class KHopPaths(BaseTransform):
 
     The attribute names contain ``"index"``, so :class:`torch_geometric.loader.DataLoader` concatenates them
     along the last axis and shifts them by the number of nodes of the preceding graphs, like ``edge_index``.
+
+    **KHopPaths must be the last transform** (in a :class:`~torch_geometric.transforms.Compose`, or after
+    any ``pre_transform``): a transform that changes nodes or edges afterwards (``Data.subgraph``,
+    ``RemoveIsolatedNodes``, ``RadiusGraph``, ...) does not know about the path indices and leaves them
+    stale. :func:`check_paths` detects stale paths. Self-loops are ignored, and ``edge_index`` entries are
+    range-checked here, so that :class:`CGConv` need not synchronise with the device to check them.
 
     Args:
         hops (int): the longest path, in edges (``>= 2`` to store anything).

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from pyg_clifford import CliffordAlgebra
-
-from .group import random_orthogonal
+from pyg_clifford.testing import random_orthogonal
 
 SIGNATURES = [(1.0, 1.0), (1.0, 1.0, 1.0), (1.0, -1.0, -1.0, -1.0), (-1.0, 1.0, 1.0)]
 
@@ -86,11 +85,30 @@ def test_versor_action_is_the_orthogonal_outermorphism(n: int, reflect: bool) ->
     )
 
 
-def test_buffers_follow_dtype_and_device_moves() -> None:
+def test_buffers_follow_device_moves_and_keep_their_dtypes() -> None:
     algebra = CliffordAlgebra((1.0, 1.0, 1.0)).to(torch.float64)
     assert algebra.sign.dtype == torch.float64
     assert algebra.right_index.dtype == torch.long
-    assert {name for name, _ in algebra.named_buffers()} >= {"sign", "right_index", "blade_grades"}
+    assert {name for name, _ in algebra.named_buffers()} == {
+        "sign_bits",
+        "right_index",
+        "blade_grades",
+        "reverse_sign",
+        "involute_sign",
+        "conjugate_sign",
+    }
+
+
+@pytest.mark.parametrize("casts", [(), ("double",), ("float", "double"), ("half", "float", "double")])
+def test_metric_stays_exact_through_dtype_casts(casts: tuple[str, ...]) -> None:
+    """A metric of 0.1 gives e1^2 = 0.1 in float64 (not float32's 0.10000000149) after any casts."""
+    algebra = CliffordAlgebra((0.1, -2.5, 1.0 / 3.0))
+    for cast in casts:
+        algebra = getattr(algebra, cast)()
+    e = algebra.embed_vector(torch.eye(3, dtype=torch.float64))
+    assert algebra.geometric_product(e, e)[:, 0].tolist() == [0.1, -2.5, 1.0 / 3.0]
+    e32 = algebra.embed_vector(torch.eye(3)[:1])
+    assert float(algebra.geometric_product(e32, e32)[0, 0]) == float(torch.tensor(0.1, dtype=torch.float32))
 
 
 def test_bad_inputs_raise_value_errors() -> None:

@@ -10,8 +10,8 @@ from torch_geometric.loader import DataLoader
 from torch_geometric.utils import erdos_renyi_graph
 
 from pyg_clifford import CGConv, CliffordAlgebra, KHopPaths, khop_paths
-
-from .group import random_orthogonal
+from pyg_clifford.testing import random_orthogonal
+from pyg_clifford.transforms import check_paths
 
 
 def random_graph(num_nodes: int, p: float, seed: int) -> torch.Tensor:
@@ -161,7 +161,11 @@ def test_bad_inputs_raise_value_errors() -> None:
     with pytest.raises(ValueError, match=r"path2_index of shape \[3, num_paths\]"):
         conv(torch.randn(3, 2, 8), edge_index, paths=[torch.zeros(2, 4, dtype=torch.long)])
     with pytest.raises(ValueError, match=r"path2_index entries in \[0, 3\)"):
+        check_paths(edge_index, [torch.tensor([[0], [5], [1]])], 3)
+    with pytest.raises(IndexError):  # forward does not read index values (no device sync); torch's own error
         conv(torch.randn(3, 2, 8), edge_index, paths=[torch.tensor([[0], [5], [1]])])
+    with pytest.raises(ValueError, match=r"edge_index entries in \[0, 3\)"):
+        KHopPaths(hops=2)(Data(edge_index=edge_index + 1, num_nodes=3))
     with pytest.raises(ValueError, match="edge_channels=0"):
         conv(torch.randn(3, 2, 8), edge_index, edge_attr=torch.randn(4, 1))
     with pytest.raises(ValueError, match=r"\[4, 1\]"):

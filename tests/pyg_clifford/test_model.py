@@ -8,8 +8,7 @@ from torch_geometric.loader import DataLoader
 
 from pyg_clifford import CGEGNN, KHopPaths, NBody, simulate_charged
 from pyg_clifford.nbody import coulomb_forces
-
-from .group import random_orthogonal
+from pyg_clifford.testing import random_orthogonal
 
 
 def fully_connected(num_nodes: int) -> torch.Tensor:
