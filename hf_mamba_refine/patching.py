@@ -30,6 +30,7 @@ from .reorder import ImportanceReorder
 from .stable import SignDefiniteProjection
 
 CONFIG_KEY = "mamba_refine"
+STABLE_INITS = ("reference", "project")
 _HANDLES = "_mamba_refine_handles"
 _ARCHITECTURES = {
     cls.__name__: cls for cls in (MambaModel, MambaForCausalLM, MambaForSequenceClassification)
@@ -111,14 +112,14 @@ def patch(
     tau: float = 1.0,
     hard: bool = False,
     allow_causal_reorder: bool = False,
+    stable_init: str = "reference",
 ) -> nn.Module:
     """Apply the refinements to every (or the chosen) ``MambaMixer`` of ``model`` in place and return it.
 
     Args:
         model: ``MambaModel``, ``MambaForCausalLM``, ``MambaForSequenceClassification`` or any module whose
             layers contain ``MambaMixer`` (a ``config`` attribute is needed to persist the options).
-        stable: constrain ``S_C^T S_B`` to be sign-definite (:class:`SignDefiniteProjection`); the current
-            weights are projected onto the constraint set.
+        stable: constrain ``S_C^T S_B`` to be sign-definite (:class:`SignDefiniteProjection`).
         reorder: add an :class:`ImportanceReorder` to the chosen mixers. Not causal: refused for generative
             models unless ``allow_causal_reorder=True``, and ``generate()`` then raises.
         regime: ``"divergent"`` (PSD, the refinement) or ``"convergent"`` (NSD, the ablation).
@@ -126,6 +127,13 @@ def patch(
         stable_layers / reorder_layers: layer indices to patch (``None``: all).
         tau / hard: SoftSort temperature and straight-through option.
         allow_causal_reorder: accept ``reorder=True`` on a generative model (e.g. for bidirectional scoring).
+        stable_init: how the free tensor of ``stable`` starts. ``"reference"`` (training from scratch, as the
+            reference code): the current weight itself, so ``S_C = triu_1(W_C) + I`` and
+            ``d = softplus(diag W_B) + d_min`` (about ``1.39`` for transformers' initialisation), where ``d``
+            learns. ``"project"``: the Frobenius-closest constrained weight, exact on a weight that already
+            satisfies the constraint (a reloaded checkpoint, or a model after :func:`project_stable`). On
+            small random weights the closest point has every ``d`` at ``d_min``, where softplus has a
+            vanishing gradient, so do not use it to start training.
     """
     mixers = find_mixers(model)
     if is_patched(model) or any(
@@ -137,6 +145,8 @@ def patch(
             f"reorder=True breaks causality and {type(model).__name__} is generative; use it for encoders "
             "(e.g. MambaForSequenceClassification) or pass allow_causal_reorder=True to accept that"
         )
+    if stable_init not in STABLE_INITS:
+        raise ValueError(f"stable_init must be one of {STABLE_INITS}, got {stable_init!r}")
     constrained = _select(mixers, stable_layers, "stable_layers") if stable else []
     reordered = _select(mixers, reorder_layers, "reorder_layers") if reorder else []
     for mixer in constrained:
@@ -148,7 +158,11 @@ def patch(
     handles: list[torch.utils.hooks.RemovableHandle] = []
     for mixer in constrained:
         projection = SignDefiniteProjection(mixer.time_step_rank, mixer.ssm_state_size, regime, d_min)
+        current = mixer.x_proj.weight.detach().clone()
         parametrize.register_parametrization(mixer.x_proj, "weight", projection)
+        if stable_init == "reference":
+            with torch.no_grad():
+                mixer.x_proj.parametrizations.weight.original.copy_(current)
     for mixer in reordered:
         mixer.token_reorder = ImportanceReorder(mixer.time_step_rank, tau, hard).to(mixer.x_proj.weight)
         handles += _reorder_hooks(mixer)
