@@ -41,7 +41,7 @@ def paired_table(results: list[RunResult]) -> str:
 
 
 def summary_table(results: list[RunResult]) -> str:
-    head = "| variant | mean +- std | unchanged parameters | |d| start -> end | mean / min change of d |"
+    head = "| variant | mean +- std | unchanged parameters | d (abs) start -> end | mean / min change of d |"
     rows = [head, "|---|---|---|---|---|"]
     for variant in dict.fromkeys(r.variant for r in results):
         runs = [r for r in results if r.variant == variant]
