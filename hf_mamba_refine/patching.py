@@ -299,8 +299,9 @@ class ProjectionReport:
 def project_stable(model: nn.Module, regime: str = "divergent", d_min: float = 0.7) -> ProjectionReport:
     """Move every mixer's ``x_proj.weight`` to the Frobenius-closest weight of the constraint set, in place.
 
-    For pretrained models: afterwards ``patch(model, stable=True)`` with the same ``regime``/``d_min`` leaves
-    the outputs unchanged. Refuses a model whose weights are already parametrised.
+    For pretrained models: afterwards ``patch(model, stable=True, stable_init="project")`` with the same
+    ``regime``/``d_min`` leaves the outputs unchanged (rows whose closest ``d`` is ``d_min`` then keep it:
+    softplus has no gradient there). Refuses a model whose weights are already parametrised.
     """
     report = ProjectionReport()
     for mixer in find_mixers(model):
