@@ -12,7 +12,8 @@ model:
 ``stable, cached`` runs the same stable model inside ``torch.nn.utils.parametrize.cached()``, entered around
 each timed call: the constrained weight is then computed once per call (once per forward, once for all the
 decode steps) instead of at every access. Variants are interleaved within each repetition, in a rotating
-order, so that machine load affects them alike. A last row times the parametrisation alone (computing
+order, so that machine load affects them alike; the times are the process's CPU time by default
+(``--clock``). A last row times the parametrisation alone (computing
 ``x_proj.weight`` in every layer), which is the whole extra work of ``stable`` per forward. On CPU all run
 transformers' PyTorch path (the mamba-ssm kernels need CUDA).
 """
@@ -23,7 +24,7 @@ import copy
 import statistics
 import time
 import timeit
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.nn.utils import parametrize
@@ -50,15 +51,21 @@ MODES = {
 }
 
 
-def _timed(fn: Callable[[], None], cached: bool) -> float:
+CLOCKS = {"process": time.process_time, "wall": time.perf_counter}
+
+
+def _timed(fn: Callable[[], None], cached: bool, clock: Callable[[], float]) -> float:
     context = parametrize.cached() if cached else contextlib.nullcontext()
-    start = time.perf_counter()
+    start = clock()
     with context:
         fn()
-    return time.perf_counter() - start
+    return clock() - start
 
 
-def bench_config(name: str, repeats: int, warmup: int, decode_steps: int, modes: list[str]) -> list[str]:
+def bench_config(
+    name: str, repeats: int, warmup: int, decode_steps: int, modes: list[str], clock: Callable[[], float]
+) -> Iterator[str]:
+    """Markdown rows, yielded as each pass finishes."""
     spec = dict(CONFIGS[name])
     seq_len, batch = spec.pop("seq_len"), spec.pop("batch")
     torch.manual_seed(0)
@@ -101,7 +108,6 @@ def bench_config(name: str, repeats: int, warmup: int, decode_steps: int, modes:
 
     label = (f"{name} (L={seq_len}, B={batch}, H={spec['hidden_size']}, N={spec['state_size']}, "
              f"layers={spec['num_hidden_layers']})")
-    rows = []
     makers = {"forward": forward, "forward+backward": forward_backward, "decode": decode}
     for mode in modes:
         runs = {variant: makers[mode](models[variant]) for variant in MODES[mode]}
@@ -109,7 +115,7 @@ def bench_config(name: str, repeats: int, warmup: int, decode_steps: int, modes:
         names = list(runs)
         for index in range(warmup + repeats):
             for variant in names[index % len(names) :] + names[: index % len(names)]:  # rotate the order
-                elapsed = _timed(runs[variant], cached=variant.endswith("cached"))
+                elapsed = _timed(runs[variant], variant.endswith("cached"), clock)
                 if index >= warmup:
                     times[variant].append(elapsed)
         reference = statistics.median(times["unpatched"])
@@ -118,17 +124,16 @@ def bench_config(name: str, repeats: int, warmup: int, decode_steps: int, modes:
         for variant, values in times.items():
             median = statistics.median(values)
             ratios = sorted(v / r for v, r in zip(values, times["unpatched"], strict=True))
-            rows.append(f"| {label} | {mode} | {variant} | {1e3 * median:.2f} | {median / reference:.3f} "
-                        f"| {ratios[len(ratios) // 4]:.3f} to {ratios[(3 * len(ratios)) // 4]:.3f} |")
+            yield (f"| {label} | {mode} | {variant} | {1e3 * median:.2f} | {median / reference:.3f} "
+                   f"| {ratios[len(ratios) // 4]:.3f} to {ratios[(3 * len(ratios)) // 4]:.3f} |")
     if "forward" in modes:
         x_proj = models["stable"].layers[0].mixer.x_proj
         access = min(timeit.repeat(lambda: x_proj.weight, number=200, repeat=5)) / 200
         total = access * spec["num_hidden_layers"]
-        rows.append(
+        yield (
             f"| {name} | parametrised x_proj.weight, all layers (isolated) | stable | {1e3 * total:.3f} "
             f"| +{total / forward_reference:.4f} of the forward | |"
         )
-    return rows
 
 
 def main() -> None:
@@ -140,13 +145,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--decode-steps", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="process",
+                        help="process: CPU time of this (one-thread) process, immune to waiting for a core "
+                             "on a shared machine; wall: elapsed time")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), median of {args.repeats}\n")
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {args.clock} time, "
+          f"median of {args.repeats}\n")
     print("| config | pass | variant | median ms | ratio of medians | paired ratio, quartiles |")
     print("|---|---|---|---|---|---|")
     for name in args.configs:
-        for row in bench_config(name, args.repeats, args.warmup, args.decode_steps, args.modes):
+        clock = CLOCKS[args.clock]
+        for row in bench_config(name, args.repeats, args.warmup, args.decode_steps, args.modes, clock):
             print(row, flush=True)
 
 

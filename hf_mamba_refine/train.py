@@ -8,7 +8,8 @@ reports validation accuracy. Every run checkpoints to ``OUT/<task>-<variant>-see
 resumes from it (loaded with ``torch.load(weights_only=True)``: a checkpoint that holds anything but tensors
 and plain containers is refused); finished runs write ``result.json`` and are skipped;
 ``OUT/<task>-results.json`` gathers all. With ``--eval-every k`` the validation metric is also measured every
-``k`` steps on the first ``--curve-batches`` validation batches (the curve in ``result.json``). Runs of one
+``k`` steps on ``--curve-batches`` batches' worth of validation windows spread over the validation set (the
+curve in ``result.json``). Runs of one
 seed are paired: the same initial weights (before patching) and the same batches in every variant.
 """
 
@@ -150,6 +151,11 @@ def _train(
     return sum(tail) / len(tail), curve
 
 
+def _spread(items: Tensor, count: int) -> Tensor:
+    """``count`` entries of ``items`` evenly spread over it (the validation subset of the curves)."""
+    return items[torch.linspace(0, len(items) - 1, min(count, len(items))).long()]
+
+
 def _snapshot(model: nn.Module) -> dict[str, Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 
@@ -197,7 +203,7 @@ def run_lm(args: argparse.Namespace, variant: str, seed: int) -> RunResult:
     starts = torch.linspace(0, len(val) - length - 2, args.eval_batches * args.batch_size).long()
 
     def perplexity(net: nn.Module, batches: int | None = None) -> float:
-        chosen = starts if batches is None else starts[: batches * args.batch_size]
+        chosen = starts if batches is None else _spread(starts, batches * args.batch_size)
         net.eval()
         total = 0.0
         with torch.no_grad():
@@ -243,7 +249,7 @@ def run_classify(args: argparse.Namespace, variant: str, seed: int) -> RunResult
     chosen = torch.linspace(0, len(val_y) - 1, min(len(val_y), args.eval_batches * args.batch_size)).long()
 
     def accuracy(net: nn.Module, batches: int | None = None) -> float:
-        picked = chosen if batches is None else chosen[: batches * args.batch_size]
+        picked = chosen if batches is None else _spread(chosen, batches * args.batch_size)
         net.eval()
         correct = 0
         with torch.no_grad():
