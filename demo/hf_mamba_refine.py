@@ -57,7 +57,7 @@ def main() -> None:
     print(f"   generate() still works: {bytes(generated[0].tolist())!r}")
     model.save_pretrained(out / "lm")
     loaded = refine.from_pretrained(out / "lm")
-    gap = float((loaded(prompt).logits - model(prompt).logits).abs().max())
+    gap = float((loaded(prompt).logits - model(prompt).logits).detach().abs().max())
     print(f"   save_pretrained -> hf_mamba_refine.from_pretrained: patched again, max logit change {gap:.1e}")
     plain = MambaForCausalLM.from_pretrained(out / "lm").eval()
     same = torch.equal(plain(prompt).logits, model(prompt).logits)
