@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--lm-steps", default="400")
     parser.add_argument("--lm-seq-len", default="32")
     parser.add_argument("--lm-batch-size", default="16")
-    parser.add_argument("--classify-steps", default="300")
+    parser.add_argument("--classify-steps", default="500")
     parser.add_argument("--classify-seq-len", default="64")
     parser.add_argument("--classify-batch-size", default="8")
     parser.add_argument("--eval-batches", default="32", help="final validation batches")
