@@ -89,6 +89,21 @@ def test_analyze_reports_every_layer_and_input_deltas(tokens: torch.Tensor) -> N
     assert text.count("\n") == 4 and "regime" in text
 
 
+def test_delta_statistics_from_the_bias_are_those_of_softplus_of_the_bias() -> None:
+    model = MambaModel(tiny_config())
+    with torch.no_grad():  # negative and positive biases, where softplus differs from the identity
+        for index, layer in enumerate(model.layers):
+            layer.mixer.dt_proj.bias.copy_(torch.linspace(-4.0, 2.0 + index, layer.mixer.intermediate_size))
+    report = analyze(model)
+    assert report.delta_source == "bias"
+    for layer, item in zip(model.layers, report.layers, strict=True):
+        delta = torch.log1p(torch.exp(layer.mixer.dt_proj.bias.detach().double()))  # softplus, written out
+        assert item.delta_mean == pytest.approx(float(delta.mean()), rel=1e-6)
+        assert item.delta_std == pytest.approx(float(delta.std()), rel=1e-5)
+        assert item.delta_min == pytest.approx(float(delta.min()), rel=1e-6)
+        assert item.delta_max == pytest.approx(float(delta.max()), rel=1e-6)
+
+
 def test_plot_token_norms_writes_a_figure(tmp_path) -> None:
     dynamics = TokenDynamics(torch.eye(2), torch.eye(2), torch.zeros(2), delta_bias=0.5)
     trajectory = dynamics.simulate(torch.randn(4, 2), t_max=5.0)

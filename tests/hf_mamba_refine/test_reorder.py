@@ -24,6 +24,16 @@ def test_soft_sort_tends_to_the_permutation_as_tau_vanishes() -> None:
     torch.testing.assert_close(soft_sort(scores, tau=1e-4), hard)
 
 
+def test_soft_sort_puts_tokens_in_increasing_order_of_score() -> None:
+    """Row k of P picks (softly) the token of k-th smallest score: a known case, and P @ s increasing."""
+    scores = torch.tensor([2.0, -1.0, 5.0, 0.5])
+    expected = torch.tensor([[0.0, 1, 0, 0], [0, 0, 0, 1], [1, 0, 0, 0], [0, 0, 1, 0]])
+    torch.testing.assert_close(soft_sort(scores, tau=1e-3), expected)
+    batch = torch.randn(4, 9) * 2
+    ordered = (soft_sort(batch, tau=1.0) @ batch.unsqueeze(-1)).squeeze(-1)
+    assert bool((ordered.diff(dim=-1) > 0).all())
+
+
 def test_hard_soft_sort_passes_gradients_straight_through() -> None:
     scores = torch.randn(2, 5, requires_grad=True)
     values = torch.randn(2, 5, 1)

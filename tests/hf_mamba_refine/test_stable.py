@@ -6,7 +6,7 @@ from torch.nn.utils import parametrize
 from transformers import MambaForCausalLM
 from transformers.models.mamba import modeling_mamba
 
-from hf_mamba_refine import SignDefiniteProjection, analyze, patch, project_stable
+from hf_mamba_refine import SignDefiniteProjection, analyze, patch, project_stable, unpatch
 
 from .conftest import tiny_config
 
@@ -75,7 +75,7 @@ def test_project_stable_then_patch_keeps_outputs(tokens) -> None:
     assert analyze(model).regimes == ["divergent", "divergent"]
     projected = model(tokens).logits
     assert not torch.allclose(before, projected)
-    patch(model, stable=True)
+    patch(model, stable=True, stable_init="project")
     torch.testing.assert_close(model(tokens).logits, projected, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="already constrained"):
         project_stable(model)
@@ -98,3 +98,45 @@ def test_fused_kernel_path_receives_the_constrained_weight(monkeypatch, tokens) 
         rank, n = layer.mixer.time_step_rank, layer.mixer.ssm_state_size
         s_b, s_c = weight[rank : rank + n], weight[rank + n :]
         assert torch.linalg.eigvalsh((s_c.T @ s_b + s_b.T @ s_c) / 2).min() > -1e-4
+
+
+def _scales(model: MambaForCausalLM) -> torch.Tensor:
+    """The diagonal scale ``d`` of every layer, ``[layers, N]`` (the diagonal of S_B, since S_C's is 1)."""
+    rows = []
+    for layer in model.backbone.layers:
+        rank, n = layer.mixer.time_step_rank, layer.mixer.ssm_state_size
+        rows.append(layer.mixer.x_proj.weight[rank : rank + n].diagonal().detach().clone())
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize(("regime", "sign"), [("divergent", 1.0), ("convergent", -1.0)])
+def test_fresh_stable_patch_lets_the_scale_d_learn(regime: str, sign: float, tokens) -> None:
+    """As in the reference, d = softplus(u) + d_min starts near softplus(0) + 0.7, not at the floor where
+    softplus has no gradient, and every d moves under AdamW."""
+    torch.manual_seed(0)
+    model = MambaForCausalLM(tiny_config())
+    patch(model, stable=True, regime=regime)
+    before = sign * _scales(model)
+    assert before.min() > 0.7 + 0.4 and before.max() < 0.7 + 1.0
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(5):
+        loss = model(tokens, labels=tokens).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    moved = (sign * _scales(model) - before).abs()
+    assert moved.min() > 1e-3, moved
+
+
+def test_project_init_is_exact_on_constrained_weights(tokens) -> None:
+    model = MambaForCausalLM(tiny_config()).eval()
+    patch(model, stable=True)
+    constrained = model(tokens).logits
+    weights = [layer.mixer.x_proj.weight.detach().clone() for layer in model.backbone.layers]
+    unpatch(model)
+    patch(model, stable=True, stable_init="project")
+    for layer, weight in zip(model.backbone.layers, weights, strict=True):
+        torch.testing.assert_close(layer.mixer.x_proj.weight, weight, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(model(tokens).logits, constrained, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="stable_init must be one of"):
+        patch(MambaForCausalLM(tiny_config()), stable=True, stable_init="zeros")

@@ -1,6 +1,7 @@
 """The standard-library corpus and the training CLI (tiny runs: JSON results, checkpoints, resume)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,8 +37,39 @@ def test_lm_cli_writes_results_and_resumes(tmp_path) -> None:
     (run / "result.json").unlink()
     more = ["lm", "--variants", "stable", "--steps", "3", "--max-bytes", "20000", "--out", str(tmp_path)]
     main([*more, *TINY])
-    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
     assert state["step"] == 3 and len(state["losses"]) == 3  # two steps reloaded, one more trained
+
+
+class _Planted:
+    """Unpickling this object would run ``Path.touch(marker)``: stands in for arbitrary code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.marker,))
+
+
+def test_resume_refuses_a_tampered_checkpoint(tmp_path) -> None:
+    run = tmp_path / "lm-baseline-seed0"
+    run.mkdir()
+    marker = tmp_path / "executed"
+    torch.save({"model": {}, "step": 0, "payload": _Planted(marker)}, run / "checkpoint.pt")
+    args = ["lm", "--variants", "baseline", "--steps", "1", "--max-bytes", "20000", "--out", str(tmp_path)]
+    with pytest.raises(ValueError, match="refusing to resume"):
+        main([*args, *TINY])
+    assert not marker.exists()
+
+
+def test_curves_and_diagnostics_are_recorded(tmp_path) -> None:
+    args = ["lm", "--variants", "stable", "--steps", "4", "--eval-every", "2", "--curve-batches", "1",
+            "--max-bytes", "20000", "--out", str(tmp_path)]
+    (result,) = main([*args, *TINY])
+    assert [step for step, _ in result.curve] == [0, 2, 4]
+    assert all(value > 1 for _, value in result.curve)
+    assert result.diagnostics["unchanged_parameters"] == []
+    assert result.diagnostics["d_moved_min"] > 0
 
 
 def test_classify_cli(tmp_path) -> None:
