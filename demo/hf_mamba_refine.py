@@ -9,6 +9,8 @@ from transformers import MambaConfig, MambaForCausalLM
 import hf_mamba_refine as refine
 from hf_mamba_refine.data import DEFAULT_PACKAGES, VOCAB_SIZE, char_corpus, package_snippets
 
+from .checks import expect
+
 
 def _train(model: torch.nn.Module, batches, steps: int, lr: float = 3e-3) -> list[float]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
@@ -50,7 +52,10 @@ def main() -> None:
 
     losses = _train(model, lm_batch, steps=30)
     print(f"   30 training steps on stdlib bytes: loss {losses[0]:.3f} -> {losses[-1]:.3f}")
-    print(refine.analyze(model))
+    report = refine.analyze(model)
+    print(report)
+    divergent = all(layer.regime == "divergent" for layer in report.layers)
+    expect(divergent, "a stable patch keeps every layer divergent")
     prompt = torch.tensor([list(b"def ")])
     generated = model.eval().generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=24,
                                       do_sample=False)
@@ -59,9 +64,11 @@ def main() -> None:
     loaded = refine.from_pretrained(out / "lm")
     gap = float((loaded(prompt).logits - model(prompt).logits).detach().abs().max())
     print(f"   save_pretrained -> hf_mamba_refine.from_pretrained: patched again, max logit change {gap:.1e}")
+    expect(gap < 1e-5, "a patched model reloads with the same outputs")
     plain = MambaForCausalLM.from_pretrained(out / "lm").eval()
     same = torch.equal(plain(prompt).logits, model(prompt).logits)
     print(f"   a standard Mamba checkpoint: plain transformers loads the same function: {same}")
+    expect(same, "plain transformers loads the patched checkpoint with the same outputs")
 
     print("\n4. MambaForSequenceClassification with token reordering (which stdlib package?):")
     snippets, labels = package_snippets(DEFAULT_PACKAGES, 64, "train")
@@ -81,6 +88,8 @@ def main() -> None:
         refine.patch(MambaForCausalLM(config), reorder=True)
     except ValueError as error:
         print(f"   reorder on a generative model is refused: {error}")
+    else:
+        expect(False, "reorder on a generative model is refused")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import torch
 from pyg_clifford import CGEGNN, CGConv, CliffordAlgebra, KHopPaths, NBody, khop_paths
 from pyg_clifford import train as train_cli
 
+from .checks import expect
+
 
 def algebra_tour() -> None:
     algebra = CliffordAlgebra((1.0, 1.0, 1.0))
@@ -18,11 +20,9 @@ def algebra_tour() -> None:
     versor = algebra.versor_from_orthogonal(quarter_turn)
     bivector = algebra.geometric_product(e1, algebra.embed_vector(torch.tensor([0.0, 0.0, 1.0])))  # e13
     turned = algebra.versor_action(versor, bivector)
-    print(
-        "a quarter turn about e3 maps e13 to",
-        algebra.blade_names[int(turned.abs().argmax())],
-        "(e23 expected)",
-    )
+    image = algebra.blade_names[int(turned.abs().argmax())]
+    print("a quarter turn about e3 maps e13 to", image, "(e23 expected)")
+    expect(image == "e23", "a quarter turn about e3 maps e13 to e23")
 
 
 def equivariance_check() -> None:
@@ -41,6 +41,7 @@ def equivariance_check() -> None:
     moved = model(pos @ rotation.T + shift, edge_index, vel @ rotation.T, charge, edge_attr)[0]
     error = (moved - (pred @ rotation.T + shift)).abs().max()
     print(f"CGEGNN(hops=2) under a random reflection + translation: max error {error:.1e}")
+    expect(error < 1e-10, "CGEGNN is E(3)-equivariant")
 
 
 def expressivity_check() -> None:
@@ -72,6 +73,8 @@ def expressivity_check() -> None:
         }
         gap = (outs["planar"][..., 0] - outs["tetrahedral"][..., 0]).abs().max()
         print(f"two CGConv layers, hops={hops}: invariant gap between the two stars = {gap:.2e}")
+        verb = "separates" if hops == 2 else "cannot separate"
+        expect((gap > 1e-6) == (hops == 2), f"hops={hops} {verb} the two stars")
 
 
 def nbody_run() -> None:
