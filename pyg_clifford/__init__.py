@@ -12,6 +12,7 @@ from .layers import CEMLP, MVGradeNorm, MVLayerNorm, MVLinear, MVSiLU, Steerable
 from .md17 import MD17Trajectory
 from .mmff import MD17_SMILES, simulate_mmff
 from .model import CGEGNN
+from .motion import CMUMotion
 from .nbody import NBody, simulate_charged
 from .transforms import KHopPaths, khop_paths
 
@@ -19,6 +20,7 @@ __all__ = [
     "CEMLP",
     "CGConv",
     "CGEGNN",
+    "CMUMotion",
     "CliffordAlgebra",
     "KHopPaths",
     "MVGradeNorm",
