@@ -1,7 +1,7 @@
-"""Train CG-EGNN (or the egnn-pytorch EGNN baseline) on the charged n-body task or a local MD17 file.
+"""Train CG-EGNN (or the EGNN baseline) on charged n-body, a local MD17 / MMFF94 file or CMU motion capture.
 
-Protocol (EGNN): predict positions at frame 40 from positions and velocities at frame 30 (MD17, GMN:
-``--delta-frame`` frames ahead); the reported number is the test MSE at the epoch of best validation MSE.
+Protocol (EGNN): predict positions at frame 40 from positions and velocities at frame 30 (MD17 and motion,
+GMN: ``--delta-frame`` frames ahead); the reported number is the test MSE at the epoch of best validation MSE.
 Checkpoints every epoch to ``OUT/checkpoint.pt`` (``--resume`` continues from it) and writes
 ``OUT/result.json``. Runs unchanged under
 ``torchrun --nproc_per_node=N`` (DDP with the gloo backend; each process trains on its shard).
@@ -10,6 +10,8 @@ Example::
 
     python -m pyg_clifford.train nbody --hops 2 --epochs 50 --out runs/nbody_h2
     python -m pyg_clifford.train md17 --root data/md17 --molecule aspirin --hops 2 --out runs/aspirin_h2
+    python -m pyg_clifford.train md17 --root data/md17 --molecule aspirin --source mmff --out runs/asp_mmff
+    python -m pyg_clifford.train motion --root data/cmu --hops 2 --out runs/motion_h2
 """
 
 import argparse
@@ -30,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .md17 import MD17Trajectory
 from .model import CGEGNN
+from .motion import CMUMotion
 from .nbody import NBody
 from .transforms import KHopPaths
 
@@ -102,10 +105,11 @@ EGNNBaseline = EGNNVelocity  # the name benchmarks/pyg_clifford_speed.py imports
 
 
 def build_model(args: argparse.Namespace) -> nn.Module:
-    scalars = 1 if args.task == "nbody" else 2  # n-body: charge, q_i q_j; MD17: (|v|, z), hop type
+    # node / edge scalars: n-body charge, q_i q_j; MD17 (|v|, z), hop type; motion (|v|, 1), hop type + stick
+    nodes, edges = {"nbody": (1, 1), "md17": (2, 2), "motion": (2, 3)}[args.task]
     if args.model == "egnn":
-        return EGNNVelocity(args.hidden, args.layers, node_scalars=2, edge_scalars=scalars)
-    return CGEGNN(scalars, scalars, args.hidden, args.layers, hops=args.hops, mlp_layers=args.mlp_layers)
+        return EGNNVelocity(args.hidden, args.layers, node_scalars=2, edge_scalars=edges)
+    return CGEGNN(nodes, edges, args.hidden, args.layers, hops=args.hops, mlp_layers=args.mlp_layers)
 
 
 def predict(model: nn.Module, data: Batch) -> Tensor:
@@ -134,6 +138,11 @@ def load_splits(args: argparse.Namespace, rank: int, world: int) -> dict[str, li
     sizes = dict(num_train=args.num_train, num_val=args.num_val, num_test=args.num_test, seed=args.data_seed)
     if args.task == "nbody":
         load = partial(NBody, args.root, **sizes)
+    elif args.task == "motion":
+        samples = {"train": args.num_train, "val": args.num_val, "test": args.num_test}
+
+        def load(split: str) -> CMUMotion:
+            return CMUMotion(args.root, split, max_samples=samples[split], delta_frame=args.delta_frame)
     else:
         load = partial(
             MD17Trajectory,
@@ -308,6 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
     md17.add_argument("--num-train", type=int, default=500)
     md17.add_argument("--num-val", type=int, default=2000)
     md17.add_argument("--num-test", type=int, default=2000)
+
+    motion = tasks.add_parser(
+        "motion", parents=[common], help="CMU motion capture, subject 35 walking, local motion.pkl (GMN)"
+    )
+    motion.add_argument("--model", choices=("cgegnn", "egnn"), default="cgegnn", help="egnn: egnn-pytorch")
+    motion.add_argument("--root", required=True, help="directory holding raw/motion.pkl (and raw/split.pkl)")
+    motion.add_argument("--delta-frame", type=int, default=30, help="frames between input and target")
+    motion.add_argument("--num-train", type=int, default=200, help="GMN: 200 (18 start frames x 11 trials)")
+    motion.add_argument("--num-val", type=int, default=600)
+    motion.add_argument("--num-test", type=int, default=600)
     return parser
 
 

@@ -1,5 +1,6 @@
 """CMUMotion (GMN protocol) on a tiny file written in GMN's motion.pkl format."""
 
+import math
 import pickle
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyg_clifford import CGEGNN, CMUMotion, KHopPaths
+from pyg_clifford import CGEGNN, CMUMotion, KHopPaths, train
 from pyg_clifford.motion import CMU_SKELETON, STICKS, TRIALS, gmn_start_frames, load_array_pickle
 
 FRAMES = 335  # GMN draws start frames below 300 and predicts 30 frames ahead
@@ -108,3 +109,12 @@ def test_motion_pickles_with_foreign_objects_are_refused(tmp_path: Path, capsys)
     loaded = load_array_pickle(str(path))  # arrays and NumPy scalars are what GMN's pickles hold
     np.testing.assert_array_equal(loaded[0][3], np.arange(4))
     assert loaded[1][0] == 2.5
+
+
+def test_motion_training_cli(tmp_path: Path) -> None:
+    write_motion(tmp_path)
+    argv = ["motion", "--root", str(tmp_path), "--num-train", "11", "--num-val", "6", "--num-test", "6"]
+    argv += ["--batch-size", "6", "--hidden", "4", "--layers", "1", "--epochs", "1", "--quiet"]
+    for model in (["--hops", "2"], ["--model", "egnn"]):
+        result = train.main([*argv, *model, "--out", str(tmp_path / model[-1])])
+        assert result["task"] == "motion" and math.isfinite(result["test_mse"])
