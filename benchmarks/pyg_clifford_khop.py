@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from pyg_clifford import CGEGNN, train
@@ -74,6 +75,17 @@ def run(task: str, name: str, seed: int, extra: list[str], args: argparse.Namesp
             return result
     tqdm.write(f"--- {task}/{name}_s{seed}: python -m pyg_clifford.train {' '.join(argv)}")
     return train.main(argv)
+
+
+def unchanged_parameters(result: dict, run_dir: Path) -> list[str]:
+    """Parameter tensors of a finished run that equal their initial values (they did not learn): the initial
+    model is rebuilt from the run's seed, as ``train`` builds it, and compared with its checkpoint."""
+    args = argparse.Namespace(**result["args"])
+    torch.manual_seed(args.seed)
+    initial = train.build_model(args).state_dict()
+    final = train.load_checkpoint(run_dir / "checkpoint.pt")["model"]
+    names = [name for name, _ in train.build_model(args).named_parameters()]
+    return [name for name in names if torch.equal(initial[name], final[name])]
 
 
 def models(task: str, args: argparse.Namespace) -> dict[str, list[str]]:
@@ -166,6 +178,13 @@ def report(task: str, results: dict[str, list[dict]], egnn_lr: float, args: argp
         if a in test and b in test:
             lines.append(f"- paired {a} - {b}: {paired(test[a], test[b])}")
     lines.append(f"- EGNN lr tuned on validation (seed 0) over {args.egnn_lrs}: {egnn_lr:g}")
+    frozen = {
+        f"{name}: {p}"
+        for name, runs in results.items()
+        for r in runs
+        for p in unchanged_parameters(r, Path(args.out) / task / Path(r["args"]["out"]).name)
+    }
+    lines.append(f"- parameters left at their initial values: {', '.join(sorted(frozen)) or 'none'}")
     total = sum(r["train_seconds"] for runs in results.values() for r in runs)
     lines.append(f"- training time of this table: {total:.0f} s (1 thread); curves: `{task}_val.png`")
     return "\n".join(lines)

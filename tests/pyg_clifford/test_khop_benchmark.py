@@ -40,6 +40,8 @@ def test_study_runs_caches_and_resumes(tmp_path: Path, monkeypatch: pytest.Monke
     for row in ("| h1 |", "| h2 |", "| h1-wide |", "| egnn |", "paired h2 - h1:", "paired h2 - h1-wide:"):
         assert summary.count(row) == len(tasks)
     assert (tmp_path / "out" / "summary.md").read_text() == summary
+    # the readout's scalar bias feeds no output of a position model: the check must find it unchanged
+    assert "h1: readout.bias" in summary and "h2: convs.0.message_mlps" not in summary
 
     def no_training(argv):
         raise AssertionError(f"finished runs must be read from result.json, not trained: {argv}")
