@@ -32,6 +32,18 @@ KCAL_PER_MOL_TO_AMU_A2_PER_FS2 = 4.184e-4
 BOLTZMANN_KCAL_PER_MOL_K = 0.0019872041
 
 
+def remove_rigid_motion(pos: np.ndarray, vel: np.ndarray, mass: np.ndarray) -> np.ndarray:
+    r"""Velocities without centre-of-mass motion and without rigid rotation: subtract :math:`v_{cm}` and
+    :math:`\omega \times r` with :math:`\omega = I^{-1} L` (inertia tensor :math:`I` and angular momentum
+    :math:`L` about the centre of mass). ``pos, vel [atoms, 3]``, ``mass [atoms, 1]``."""
+    vel = vel - (mass * vel).sum(0) / mass.sum()
+    r = pos - (mass * pos).sum(0) / mass.sum()
+    momentum = (mass * np.cross(r, vel)).sum(0)
+    outer = (r**2).sum(-1)[:, None, None] * np.eye(3) - r[:, :, None] * r[:, None, :]  # [atoms, 3, 3]
+    inertia = (mass[:, :, None] * outer).sum(0)
+    return vel - np.cross(np.linalg.solve(inertia, momentum), r)
+
+
 class MMFFForces:
     r"""Energy (kcal/mol) and forces (kcal/mol/A) of one molecule under MMFF94 at positions ``[atoms, 3]``.
 
@@ -80,6 +92,7 @@ def simulate_mmff(
     equilibration_steps: int = 4000,
     friction: float = 0.01,
     record_every: int = 1,
+    remove_rotation: bool = True,
     progress: bool = True,
 ) -> dict[str, np.ndarray]:
     r"""Molecular dynamics of an MD17 molecule under MMFF94: Langevin equilibration, then NVE production.
@@ -87,7 +100,9 @@ def simulate_mmff(
     Units: positions in Angstrom, time in fs, masses in amu, energies in kcal/mol. Velocities start from the
     Maxwell-Boltzmann distribution at ``temperature`` (centre-of-mass motion removed); ``equilibration_steps``
     of Langevin dynamics (BAOAB splitting, friction :math:`\gamma` = ``friction`` per fs) thermalise the
-    molecule, then velocity Verlet without a thermostat records ``num_frames`` frames, one every
+    molecule; with ``remove_rotation`` the total linear and angular momentum are then set to zero (both are
+    conserved in NVE, so the molecule neither drifts nor tumbles: the trajectory is internal motion), and
+    velocity Verlet without a thermostat records ``num_frames`` frames, one every
     ``record_every`` steps of ``dt`` fs (MD17: every 0.5 fs step):
 
     .. math::
@@ -133,6 +148,8 @@ def simulate_mmff(
         vel += 0.5 * dt * force * to_acc
         bar.update()
 
+    if remove_rotation:
+        vel = remove_rigid_motion(pos, vel, mass)
     frames = np.empty((num_frames, *pos.shape))
     total, kinetic = np.empty(num_frames), np.empty(num_frames)
     for frame in range(num_frames):
@@ -163,6 +180,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--temperature", type=float, default=500.0, help="thermostat temperature in K")
     parser.add_argument("--equilibration", type=int, default=4000, help="Langevin steps before production")
     parser.add_argument("--seed", type=int, default=0, help="conformer embedding and velocity seed")
+    parser.add_argument(
+        "--keep-rotation", action="store_true", help="keep the thermal rotation (default: zero L before NVE)"
+    )
     parser.add_argument("--out", default="data/md17/raw", help="directory for {molecule}_mmff.npz")
     parser.add_argument("--force", action="store_true", help="overwrite existing files")
     args = parser.parse_args(argv)
@@ -181,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
             temperature=args.temperature,
             equilibration_steps=args.equilibration,
             record_every=args.record_every,
+            remove_rotation=not args.keep_rotation,
         )
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, **result, name=np.array(molecule), theory=np.array("MMFF94 (RDKit), classical"))

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from pyg_clifford import MD17_SMILES, MD17Trajectory, simulate_mmff
-from pyg_clifford.mmff import BOLTZMANN_KCAL_PER_MOL_K, MMFFForces, build_molecule, main
+from pyg_clifford.mmff import (
+    BOLTZMANN_KCAL_PER_MOL_K,
+    MMFFForces,
+    build_molecule,
+    main,
+    remove_rigid_motion,
+)
 
 pytest.importorskip("rdkit")
 
@@ -56,6 +62,37 @@ def test_production_run_conserves_energy_at_500_kelvin(molecule: str) -> None:
     assert 350 < temperature < 650, temperature  # thermalised near 500 K (short run: wide band)
     bonds = np.linalg.norm(out["R"][:, 0] - out["R"][:, 1], axis=-1)  # the C-C bond of ethanol / C=O
     assert bonds.min() > 1.0 and bonds.max() < 1.8  # the molecule stays bonded
+
+
+def angular_momentum(pos: np.ndarray, vel: np.ndarray, mass: np.ndarray) -> np.ndarray:
+    r = pos - (mass * pos).sum(-2, keepdims=True) / mass.sum()
+    return (mass * np.cross(r, vel)).sum(-2)
+
+
+def test_remove_rigid_motion_zeroes_momentum_and_keeps_internal_motion() -> None:
+    rng = np.random.default_rng(0)
+    pos, internal = rng.standard_normal((2, 7, 3))
+    mass = rng.uniform(1, 16, (7, 1))
+    internal = remove_rigid_motion(pos, internal, mass)
+    np.testing.assert_allclose((mass * internal).sum(0), 0, atol=1e-12)
+    np.testing.assert_allclose(angular_momentum(pos, internal, mass), 0, atol=1e-12)
+    rigid = np.array([0.3, -0.2, 0.5]) + np.cross(np.array([0.1, 0.7, -0.4]), pos)  # translation + rotation
+    np.testing.assert_allclose(remove_rigid_motion(pos, internal + rigid, mass), internal, atol=1e-12)
+
+
+def test_production_run_does_not_tumble() -> None:
+    """Angular momentum is zeroed before NVE and conserved: finite-difference L stays ~0 in production."""
+    out = simulate_mmff("uracil", 400, seed=2, equilibration_steps=500, progress=False)
+    mass = np.array([atom.GetMass() for atom in build_molecule("uracil", 2).GetAtoms()])[:, None]
+    vel = (out["R"][2:] - out["R"][:-2]) / 1.0  # central differences over 2 x 0.5 fs
+    pos = out["R"][1:-1]
+    momentum = np.linalg.norm(angular_momentum(pos, vel, mass), axis=-1)
+    scale = (mass * np.linalg.norm(pos - pos.mean(-2, keepdims=True), axis=-1, keepdims=True)
+             * np.linalg.norm(vel, axis=-1, keepdims=True)).sum((-2, -1))  # fmt: skip
+    assert (momentum / scale).max() < 0.01
+    tumbling = simulate_mmff("uracil", 400, 2, equilibration_steps=500, remove_rotation=False, progress=False)
+    vel = (tumbling["R"][2:] - tumbling["R"][:-2]) / 1.0
+    assert (np.linalg.norm(angular_momentum(tumbling["R"][1:-1], vel, mass), axis=-1) / scale).min() > 0.01
 
 
 def test_cli_writes_a_file_the_md17_protocol_reads(tmp_path: Path) -> None:
