@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pyg_clifford import CGEGNN, train
+from pyg_clifford import CGEGNN, MD17Trajectory, NBody, train
 from pyg_clifford.mmff import MD17_SMILES
 from pyg_clifford.mmff import main as generate_mmff
 
@@ -86,6 +86,19 @@ def unchanged_parameters(result: dict, run_dir: Path) -> list[str]:
     final = train.load_checkpoint(run_dir / "checkpoint.pt")["model"]
     names = [name for name, _ in train.build_model(args).named_parameters()]
     return [name for name in names if torch.equal(initial[name], final[name])]
+
+
+def no_motion_mse(task: str, args: argparse.Namespace) -> float:
+    """Test MSE of predicting no motion (target = input positions): the floor every model starts from."""
+    if task == "nbody":
+        sizes = dict(zip(("num_train", "num_val", "num_test"), args.nbody_sizes, strict=True))
+        test = NBody(str(Path(args.root) / "nbody"), "test", **sizes, progress=False)
+    else:
+        sizes = dict(zip(("num_train", "num_val", "num_test"), args.md17_sizes, strict=True))
+        root = str(Path(args.root) / "md17")
+        frames = dict(delta_frame=args.delta_frame, skip=args.skip)
+        test = MD17Trajectory(root, task, "test", "mmff", **frames, **sizes)
+    return float((torch.cat([d.pos - d.y for d in test]) ** 2).mean())
 
 
 def models(task: str, args: argparse.Namespace) -> dict[str, list[str]]:
@@ -177,6 +190,7 @@ def report(task: str, results: dict[str, list[dict]], egnn_lr: float, args: argp
     for a, b in (("h2", "h1"), ("h2", "h1-wide"), ("h3", "h1"), ("h2", "egnn"), ("h1", "egnn")):
         if a in test and b in test:
             lines.append(f"- paired {a} - {b}: {paired(test[a], test[b])}")
+    lines.append(f"- predicting no motion (x_t): test MSE {no_motion_mse(task, args):.5f}")
     lines.append(f"- EGNN lr tuned on validation (seed 0) over {args.egnn_lrs}: {egnn_lr:g}")
     frozen = {
         f"{name}: {p}"
