@@ -124,20 +124,29 @@ def egnn_options(lr: float, args: argparse.Namespace) -> list[str]:
 
 
 def mean_std(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return f"{statistics.fmean(values):.5f} +- {std:.5f}"
+    """Mean +- sample std over the finite values; diverged runs (NaN / inf) are counted, not averaged."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return f"diverged in all {len(values)} seeds"
+    std = statistics.stdev(finite) if len(finite) > 1 else float("nan")
+    text = f"{statistics.fmean(finite):.5f} +- {std:.5f}"
+    return text if len(finite) == len(values) else f"{text} ({len(values) - len(finite)} seeds diverged)"
 
 
 def paired(a: list[float], b: list[float]) -> str:
-    """Mean of the paired differences a - b with its 95 % t confidence interval over seeds."""
+    """Mean of the paired differences a - b with its 95 % t confidence interval over seeds (seeds where
+    either run diverged are left out and counted)."""
     from scipy.stats import t as student
 
     diff = np.asarray(a) - np.asarray(b)
+    dropped = int((~np.isfinite(diff)).sum())
+    diff = diff[np.isfinite(diff)]
+    note = f"; {dropped} diverged seeds left out" if dropped else ""
     if diff.size < 2:
-        return f"{diff.mean():+.5f} (one seed: no interval)"
+        return f"{diff.mean() if diff.size else float('nan'):+.5f} (fewer than 2 seeds: no interval{note})"
     half = student.ppf(0.975, diff.size - 1) * diff.std(ddof=1) / math.sqrt(diff.size)
     verdict = "lower" if diff.mean() + half < 0 else "higher" if diff.mean() - half > 0 else "no difference"
-    return f"{diff.mean():+.5f} [{diff.mean() - half:+.5f}, {diff.mean() + half:+.5f}] ({verdict})"
+    return f"{diff.mean():+.5f} [{diff.mean() - half:+.5f}, {diff.mean() + half:+.5f}] ({verdict}{note})"
 
 
 def plot(task: str, results: dict[str, list[dict]], path: Path) -> None:
@@ -163,8 +172,8 @@ def late_gain(runs: list[dict]) -> float:
     for r in runs:
         val = [h["val_mse"] for h in r["history"]]
         cut = max(1, int(0.8 * len(val)))
-        gains.append(1 - min(val) / min(val[:cut]))
-    return statistics.fmean(gains)
+        gains.append(1 - np.nanmin(val) / np.nanmin(val[:cut]) if np.isfinite(val[:cut]).any() else np.nan)
+    return float(np.nanmean(gains)) if np.isfinite(gains).any() else float("nan")
 
 
 def report(task: str, results: dict[str, list[dict]], egnn_lr: float, args: argparse.Namespace) -> str:
@@ -246,7 +255,7 @@ def main(argv: list[str] | None = None) -> str:
     for task in tqdm(args.tasks, desc="tasks"):
         first = args.seeds[0]
         tuned = {lr: run(task, f"egnn_lr{lr:g}", first, egnn_options(lr, args), args) for lr in args.egnn_lrs}
-        egnn_lr = min(tuned, key=lambda lr: tuned[lr]["best_val_mse"])
+        egnn_lr = min(tuned, key=lambda lr: tuned[lr]["best_val_mse"])  # a diverged run's best is inf
         arms = {**models(task, args), "egnn": egnn_options(egnn_lr, args)}
         results: dict[str, list[dict]] = {name: [] for name in arms}
         for seed in tqdm(args.seeds, desc=f"{task} seeds", leave=False):

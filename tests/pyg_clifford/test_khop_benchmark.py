@@ -15,6 +15,15 @@ def test_paired_difference_has_a_student_t_interval() -> None:
     assert khop.mean_std([1.0, 3.0]) == "2.00000 +- 1.41421"
 
 
+def test_diverged_runs_are_counted_not_averaged() -> None:
+    nan = float("nan")
+    assert khop.mean_std([1.0, nan, 3.0]) == "2.00000 +- 1.41421 (1 seeds diverged)"
+    assert khop.mean_std([nan, float("inf")]) == "diverged in all 2 seeds"
+    with_nan = khop.paired([2.0, nan, 4.0, 6.0], [1.0, 1.0, 2.0, 3.0])
+    assert with_nan == "+2.00000 [-0.48414, +4.48414] (no difference; 1 diverged seeds left out)"  # as above
+    assert "no interval" in khop.paired([nan, 1.0], [1.0, 1.0])
+
+
 def test_matched_width_is_the_closest_parameter_count() -> None:
     def count(width: int, hops: int) -> int:
         return sum(p.numel() for p in CGEGNN(1, 1, width, 2, hops=hops).parameters())
