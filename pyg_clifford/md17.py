@@ -1,4 +1,5 @@
-"""MD17 trajectories (GMN protocol) read from the user's local ``*_dft.npz`` files."""
+"""MD17 trajectories (GMN protocol) read from local ``*_dft.npz`` files (MD17) or ``*_mmff.npz`` files
+(:func:`pyg_clifford.simulate_mmff`)."""
 
 import os.path as osp
 from collections.abc import Callable
@@ -14,18 +15,22 @@ from .transforms import khop_paths
 class MD17Trajectory(InMemoryDataset):
     r"""Future-position prediction on an MD17 trajectory (GMN protocol, Huang et al., ICLR 2022).
 
-    Reads ``root/raw/{molecule}_dft.npz`` (the sGDML format: ``R [T, atoms, 3]`` in Angstrom, ``z [atoms]``);
-    nothing is downloaded, place the file there. Heavy atoms only (:math:`z > 1`); velocities are frame
-    differences :math:`v_t = R_{t+1} - R_t`; start frames are drawn without replacement from
-    ``[skip, T - skip - delta_frame)`` with ``seed`` and split into train / val / test; the target is the
-    position ``delta_frame`` frames later. Edges: bonds (heavy-atom distance ``< bond_cutoff`` at frame 0)
-    plus the 2-hop pairs of the bond graph, with ``edge_attr = [is_bond, is_2hop]``; node features
-    ``node_attr = [|v|, z / z_max]``.
+    Reads ``root/raw/{molecule}_{source}.npz`` in the sGDML format (``R [T, atoms, 3]`` in Angstrom,
+    ``z [atoms]``): ``source="dft"`` is MD17's own file (nothing is downloaded, place it there),
+    ``source="mmff"`` the classical MMFF94 trajectory written by ``python -m pyg_clifford.mmff``
+    (:func:`~pyg_clifford.simulate_mmff`), read with the same protocol. Heavy atoms only (:math:`z > 1`);
+    velocities are frame differences :math:`v_t = R_{t+1} - R_t`; start frames are drawn without
+    replacement from ``[skip, T - skip - delta_frame)`` with ``seed`` and split into train / val / test; the
+    target is the position ``delta_frame`` frames later. Edges: bonds (heavy-atom distance
+    ``< bond_cutoff`` at frame 0) plus the 2-hop pairs of the bond graph, with
+    ``edge_attr = [is_bond, is_2hop]``; node features ``node_attr = [|v|, z / z_max]``.
 
     Args:
-        root (str): directory with ``raw/{molecule}_dft.npz``; the processed cache goes to ``root/processed``.
+        root (str): directory with ``raw/{molecule}_{source}.npz``; the processed cache goes to
+            ``root/processed``.
         molecule (str): e.g. ``"aspirin"``.
         split (str): ``"train"``, ``"val"`` or ``"test"``.
+        source (str): ``"dft"`` (MD17) or ``"mmff"`` (generated). (default: ``"dft"``)
         num_train, num_val, num_test (int): samples per split. (default: 500 / 2000 / 2000)
         delta_frame (int): frames between input and target. (default: :obj:`3000`)
         skip (int): frames dropped at each end of the trajectory. (default: :obj:`10000`)
@@ -34,12 +39,14 @@ class MD17Trajectory(InMemoryDataset):
     """
 
     splits = ("train", "val", "test")
+    sources = ("dft", "mmff")
 
     def __init__(
         self,
         root: str,
         molecule: str,
         split: str = "train",
+        source: str = "dft",
         num_train: int = 500,
         num_val: int = 2000,
         num_test: int = 2000,
@@ -53,6 +60,9 @@ class MD17Trajectory(InMemoryDataset):
     ) -> None:
         if split not in self.splits:
             raise ValueError(f"Expected split in {self.splits}, got {split!r}")
+        if source not in self.sources:
+            raise ValueError(f"Expected source in {self.sources}, got {source!r}")
+        self.source = source
         self.molecule, self.delta_frame, self.skip = molecule, delta_frame, skip
         self.bond_cutoff, self.seed = bond_cutoff, seed
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
@@ -61,16 +71,21 @@ class MD17Trajectory(InMemoryDataset):
 
     @property
     def raw_file_names(self) -> list[str]:
-        return [f"{self.molecule}_dft.npz"]
+        return [f"{self.molecule}_{self.source}.npz"]
 
     @property
     def processed_file_names(self) -> list[str]:
         tag = "_".join(
             str(v) for v in [*self.sizes.values(), self.delta_frame, self.skip, self.bond_cutoff, self.seed]
         )
-        return [f"{self.molecule}_{tag}_{split}.pt" for split in self.splits]
+        return [f"{self.molecule}_{self.source}_{tag}_{split}.pt" for split in self.splits]
 
     def download(self) -> None:
+        if self.source == "mmff":
+            raise FileNotFoundError(
+                f"Expected {self.raw_file_names[0]} in {self.raw_dir}: generate it with "
+                f"python -m pyg_clifford.mmff {self.molecule} --out {self.raw_dir}"
+            )
         raise FileNotFoundError(
             f"MD17 is not downloaded by this library: place {self.raw_file_names[0]} (keys R, z) "
             f"in {self.raw_dir}"

@@ -30,7 +30,7 @@ def simulate_charged(
     dim: int = 3,
     loc_std: float = 1.0,
     vel_norm: float = 0.5,
-    seed: int = 0,
+    seed: int | np.random.SeedSequence = 0,
     progress: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r"""Simulate ``num_sims`` charged systems at once (vectorised over systems).
@@ -41,6 +41,7 @@ def simulate_charged(
     :math:`v \mathrel{+}= \Delta t F(x)`. Frame ``f`` is recorded after step ``sample_every * (f + 1)`` (as in
     the NRI/EGNN generator, where the 5000-step run gives 49 frames).
 
+    ``seed`` is an integer or a :class:`numpy.random.SeedSequence` (one per split in :class:`NBody`).
     Returns positions and velocities ``[S, num_frames, N, dim]`` and charges ``[S, N]``.
     """
     rng = np.random.default_rng(seed)
@@ -80,8 +81,11 @@ class NBody(InMemoryDataset):
     r"""Charged 5-body system (EGNN protocol): input positions and velocities at frame 30, target positions
     at frame 40; 3000 / 2000 / 2000 simulations for train / val / test by default.
 
-    The three splits are simulated together once (vectorised over all systems, with a progress bar) from
-    ``seed`` and cached in ``root/processed``; the file names carry the sizes and seed.
+    Each split is simulated from its own random stream, ``numpy.random.SeedSequence(seed).spawn(3)`` (train,
+    val, test), so a split depends only on ``seed`` and its own size: changing ``num_train`` leaves the
+    validation and test systems unchanged (the EGNN protocol keeps one fixed test file). Each split is
+    simulated once (vectorised over its systems, with a progress bar) and cached in ``root/processed`` under
+    a name that carries its size, frames and seed.
 
     Args:
         root (str): cache directory.
@@ -126,20 +130,27 @@ class NBody(InMemoryDataset):
 
     @property
     def processed_file_names(self) -> list[str]:
-        tag = "_".join(str(v) for v in [*self.sizes.values(), self.input_frame, self.target_frame])
-        return [f"charged{self.num_particles}_{tag}_s{self.seed}_{split}.pt" for split in self.splits]
+        frames = f"f{self.input_frame}-{self.target_frame}"
+        return [
+            f"charged{self.num_particles}_{split}{self.sizes[split]}_{frames}_s{self.seed}.pt"
+            for split in self.splits
+        ]
 
     def download(self) -> None:
         """Nothing to download: the data are simulated in :meth:`process`."""
 
     def process(self) -> None:
-        total = sum(self.sizes.values())
-        locs, vels, charges = simulate_charged(
-            total, self.num_particles, self.target_frame + 1, seed=self.seed, progress=self.progress
-        )
-        start = 0
-        for split, path in zip(self.splits, self.processed_paths, strict=True):
-            stop = start + self.sizes[split]
+        streams = np.random.SeedSequence(self.seed).spawn(len(self.splits))
+        for split, path, stream in zip(self.splits, self.processed_paths, streams, strict=True):
+            if osp.exists(path):  # another split size changed; this split is already cached
+                continue
+            locs, vels, charges = simulate_charged(
+                self.sizes[split],
+                self.num_particles,
+                self.target_frame + 1,
+                seed=stream,
+                progress=self.progress,
+            )
             data_list = [
                 nbody_graph(
                     locs[s, self.input_frame],
@@ -147,12 +158,11 @@ class NBody(InMemoryDataset):
                     locs[s, self.target_frame],
                     charges[s],
                 )
-                for s in range(start, stop)
+                for s in range(self.sizes[split])
             ]
             if self.pre_transform is not None:
                 data_list = [self.pre_transform(d) for d in data_list]
             self.save(data_list, path)
-            start = stop
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({len(self)}, root={osp.basename(self.root)!r})"

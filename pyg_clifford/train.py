@@ -1,7 +1,7 @@
-"""Train CG-EGNN (or the egnn-pytorch EGNN baseline) on the charged n-body task or a local MD17 file.
+"""Train CG-EGNN (or the EGNN baseline) on charged n-body, a local MD17 / MMFF94 file or CMU motion capture.
 
-Protocol (EGNN): predict positions at frame 40 from positions and velocities at frame 30 (MD17, GMN:
-``--delta-frame`` frames ahead); the reported number is the test MSE at the epoch of best validation MSE.
+Protocol (EGNN): predict positions at frame 40 from positions and velocities at frame 30 (MD17 and motion,
+GMN: ``--delta-frame`` frames ahead); the reported number is the test MSE at the epoch of best validation MSE.
 Checkpoints every epoch to ``OUT/checkpoint.pt`` (``--resume`` continues from it) and writes
 ``OUT/result.json``. Runs unchanged under
 ``torchrun --nproc_per_node=N`` (DDP with the gloo backend; each process trains on its shard).
@@ -10,12 +10,15 @@ Example::
 
     python -m pyg_clifford.train nbody --hops 2 --epochs 50 --out runs/nbody_h2
     python -m pyg_clifford.train md17 --root data/md17 --molecule aspirin --hops 2 --out runs/aspirin_h2
+    python -m pyg_clifford.train md17 --root data/md17 --molecule aspirin --source mmff --out runs/asp_mmff
+    python -m pyg_clifford.train motion --root data/cmu --hops 2 --out runs/motion_h2
 """
 
 import argparse
 import json
 import math
 import os
+import pickle
 import time
 from functools import partial
 from pathlib import Path
@@ -29,44 +32,84 @@ from tqdm.auto import tqdm
 
 from .md17 import MD17Trajectory
 from .model import CGEGNN
+from .motion import CMUMotion
 from .nbody import NBody
 from .transforms import KHopPaths
 
 
-class EGNNBaseline(nn.Module):
-    r"""egnn-pytorch's sparse EGNN layers for n-body: node features from :math:`(q_i, |v_i|)`, edge attribute
-    :math:`q_i q_j`, and a velocity term added once at the end,
-    :math:`\hat x_i = x^{(L)}_i + \phi_v(h^{(L)}_i)\, v_i` (EGNN adds it in every layer; this is a
-    wrapper of the library's layers, not the paper's model)."""
+class EGNNVelocity(nn.Module):
+    r"""The EGNN paper's n-body model (Satorras et al., 2021, "EGNN-vel") built from egnn-pytorch's
+    :class:`EGNN_Sparse` layers: every layer :math:`l` moves the positions by the library's equivariant
+    update and by the input velocity scaled by an invariant of the current node features,
 
-    def __init__(self, hidden_channels: int = 64, num_layers: int = 4) -> None:
+    .. math::
+        x^{l+1}_i = x^l_i + \mathrm{mean}_j\, (x^l_j - x^l_i)\, \phi_x(m_{ij}) + \phi_v(h^l_i)\, v_i,
+
+    with :math:`m_{ij}` from :math:`h_i, h_j, |x_i - x_j|^2` and the edge attributes. As in the paper,
+    :math:`\phi_v` is a two-layer SiLU MLP per layer, aggregation is the mean, the last layer of
+    :math:`\phi_x` starts at Xavier gain 0.001 and the coordinate differences are not normalised.
+
+    Node inputs are ``data.node_attr`` when present (MD17: :math:`|v_i|, z_i / z_{max}`), else
+    :math:`(q_i, |v_i|)` (n-body); edge inputs are ``data.edge_attr`` (:math:`q_i q_j`, or the hop type).
+
+    Args:
+        hidden_channels (int): feature width. (default: :obj:`64`)
+        num_layers (int): layers. (default: :obj:`4`)
+        node_scalars (int): invariant node inputs. (default: :obj:`2`)
+        edge_scalars (int): edge attributes. (default: :obj:`1`)
+    """
+
+    def __init__(
+        self, hidden_channels: int = 64, num_layers: int = 4, node_scalars: int = 2, edge_scalars: int = 1
+    ) -> None:
         super().__init__()
         from egnn_pytorch.egnn_pytorch_geometric import EGNN_Sparse
 
-        self.embedding = nn.Linear(2, hidden_channels)
+        self.embedding = nn.Linear(node_scalars, hidden_channels)
         self.layers = nn.ModuleList(
-            EGNN_Sparse(hidden_channels, edge_attr_dim=1, m_dim=hidden_channels, norm_coors=True, aggr="mean")
+            EGNN_Sparse(hidden_channels, edge_attr_dim=edge_scalars, m_dim=hidden_channels, aggr="mean")
             for _ in range(num_layers)
         )
-        self.velocity_scale = nn.Sequential(nn.Linear(hidden_channels, hidden_channels), nn.SiLU())
-        self.velocity_out = nn.Linear(hidden_channels, 1)
-        nn.init.zeros_(self.velocity_out.weight)
-        nn.init.zeros_(self.velocity_out.bias)
+        self.velocity = nn.ModuleList(
+            nn.Sequential(
+                nn.Linear(hidden_channels, hidden_channels), nn.SiLU(), nn.Linear(hidden_channels, 1)
+            )
+            for _ in range(num_layers)
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.embedding.reset_parameters()
+        for layer, velocity in zip(self.layers, self.velocity, strict=True):
+            layer.apply(layer.init_)
+            nn.init.xavier_uniform_(layer.coors_mlp[-1].weight, gain=0.001)
+            for module in velocity:
+                if isinstance(module, nn.Linear):
+                    module.reset_parameters()
 
     def forward(self, data: Batch) -> Tensor:
-        h = self.embedding(torch.cat([data.charge, data.vel.norm(dim=-1, keepdim=True)], dim=-1))
-        x = torch.cat([data.pos, h], dim=-1)
-        for layer in self.layers:
-            x = layer(x, data.edge_index, data.edge_attr, batch=data.batch)
-        pos, h = x[:, :3], x[:, 3:]
-        return pos + self.velocity_out(self.velocity_scale(h)) * data.vel
+        """Predicted positions ``[N, 3]`` from a (batched) graph with ``pos, vel [N, 3]``, ``edge_index``,
+        ``edge_attr [E, edge_scalars]`` and ``node_attr [N, node_scalars]`` or ``charge [N, 1]``."""
+        if "node_attr" in data:
+            node_attr = data.node_attr
+        else:
+            node_attr = torch.cat([data.charge, data.vel.norm(dim=-1, keepdim=True)], dim=-1)
+        h, pos = self.embedding(node_attr), data.pos
+        for layer, velocity in zip(self.layers, self.velocity, strict=True):
+            out = layer(torch.cat([pos, h], dim=-1), data.edge_index, data.edge_attr)
+            pos, h = out[:, :3] + velocity(h) * data.vel, out[:, 3:]
+        return pos
+
+
+EGNNBaseline = EGNNVelocity  # the name benchmarks/pyg_clifford_speed.py imports
 
 
 def build_model(args: argparse.Namespace) -> nn.Module:
+    # node / edge scalars: n-body charge, q_i q_j; MD17 (|v|, z), hop type; motion (|v|, 1), hop type + stick
+    nodes, edges = {"nbody": (1, 1), "md17": (2, 2), "motion": (2, 3)}[args.task]
     if args.model == "egnn":
-        return EGNNBaseline(args.hidden, args.layers)
-    scalars = 1 if args.task == "nbody" else 2  # n-body: charge, q_i q_j; MD17: (|v|, z), hop type
-    return CGEGNN(scalars, scalars, args.hidden, args.layers, hops=args.hops, mlp_layers=args.mlp_layers)
+        return EGNNVelocity(args.hidden, args.layers, node_scalars=2, edge_scalars=edges)
+    return CGEGNN(nodes, edges, args.hidden, args.layers, hops=args.hops, mlp_layers=args.mlp_layers)
 
 
 def predict(model: nn.Module, data: Batch) -> Tensor:
@@ -95,9 +138,20 @@ def load_splits(args: argparse.Namespace, rank: int, world: int) -> dict[str, li
     sizes = dict(num_train=args.num_train, num_val=args.num_val, num_test=args.num_test, seed=args.data_seed)
     if args.task == "nbody":
         load = partial(NBody, args.root, **sizes)
+    elif args.task == "motion":
+        samples = {"train": args.num_train, "val": args.num_val, "test": args.num_test}
+
+        def load(split: str) -> CMUMotion:
+            return CMUMotion(args.root, split, max_samples=samples[split], delta_frame=args.delta_frame)
     else:
         load = partial(
-            MD17Trajectory, args.root, args.molecule, delta_frame=args.delta_frame, skip=args.skip, **sizes
+            MD17Trajectory,
+            args.root,
+            args.molecule,
+            source=args.source,
+            delta_frame=args.delta_frame,
+            skip=args.skip,
+            **sizes,
         )
     if rank == 0:
         load(split="train")
@@ -105,6 +159,20 @@ def load_splits(args: argparse.Namespace, rank: int, world: int) -> dict[str, li
         dist.barrier()
     transform = KHopPaths(max(args.hops, 1), args.path_mode)
     return {split: [transform(d) for d in load(split=split)] for split in ("train", "val", "test")}
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint written by :func:`train` with ``torch.load(weights_only=True)``: it holds only
+    tensors, containers and primitives (model and Adam state dicts, history, arguments), so any other pickled
+    object (which could run code on load) is refused with a ``ValueError``."""
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"Refusing to resume from {path}: it holds objects other than tensors, containers and "
+            "primitives, which this trainer never writes (a tampered or foreign file). Delete it or drop "
+            f"--resume. Details: {str(error).splitlines()[0]}"
+        ) from error
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -131,7 +199,7 @@ def train(args: argparse.Namespace) -> dict:
     state["seconds"] = 0.0
     checkpoint_path = out / "checkpoint.pt"
     if args.resume and checkpoint_path.exists():
-        checkpoint = torch.load(checkpoint_path, weights_only=False)
+        checkpoint = load_checkpoint(checkpoint_path)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         state = checkpoint["state"]
@@ -233,16 +301,32 @@ def build_parser() -> argparse.ArgumentParser:
     nbody.add_argument("--root", default="data/nbody", help="data cache directory")
 
     md17 = tasks.add_parser(
-        "md17", parents=[common], help="MD17 trajectory from a local *_dft.npz (GMN protocol)"
+        "md17", parents=[common], help="MD17 trajectory from a local *_dft.npz or *_mmff.npz (GMN protocol)"
     )
-    md17.add_argument("--root", required=True, help="directory holding raw/{molecule}_dft.npz")
+    md17.add_argument("--model", choices=("cgegnn", "egnn"), default="cgegnn", help="egnn: egnn-pytorch")
+    md17.add_argument("--root", required=True, help="directory holding raw/{molecule}_{source}.npz")
     md17.add_argument("--molecule", required=True, help="e.g. aspirin")
+    md17.add_argument(
+        "--source",
+        choices=("dft", "mmff"),
+        default="dft",
+        help="dft: MD17's {molecule}_dft.npz; mmff: {molecule}_mmff.npz from python -m pyg_clifford.mmff",
+    )
     md17.add_argument("--delta-frame", type=int, default=3000, help="frames between input and target")
     md17.add_argument("--skip", type=int, default=10000, help="frames dropped at each end")
     md17.add_argument("--num-train", type=int, default=500)
     md17.add_argument("--num-val", type=int, default=2000)
     md17.add_argument("--num-test", type=int, default=2000)
-    md17.set_defaults(model="cgegnn")
+
+    motion = tasks.add_parser(
+        "motion", parents=[common], help="CMU motion capture, subject 35 walking, local motion.pkl (GMN)"
+    )
+    motion.add_argument("--model", choices=("cgegnn", "egnn"), default="cgegnn", help="egnn: egnn-pytorch")
+    motion.add_argument("--root", required=True, help="directory holding raw/motion.pkl (and raw/split.pkl)")
+    motion.add_argument("--delta-frame", type=int, default=30, help="frames between input and target")
+    motion.add_argument("--num-train", type=int, default=200, help="GMN: 200 (18 start frames x 11 trials)")
+    motion.add_argument("--num-val", type=int, default=600)
+    motion.add_argument("--num-test", type=int, default=600)
     return parser
 
 

@@ -136,3 +136,40 @@ def test_nbody_dataset_is_cached_and_batches_paths(tmp_path, monkeypatch) -> Non
     torch.testing.assert_close(
         run(batch), torch.cat([run(Batch.from_data_list([g])) for g in graphs[:3]]), atol=1e-5, rtol=1e-5
     )
+
+
+def test_nbody_validation_and_test_sets_do_not_depend_on_num_train(tmp_path) -> None:
+    def split(num_train: int, name: str, seed: int = 0) -> torch.Tensor:
+        data = NBody(str(tmp_path), name, num_train, 4, 3, seed=seed, progress=False)
+        return torch.stack([torch.cat([d.pos, d.vel, d.y, d.charge], dim=-1) for d in data])
+
+    for name in ("val", "test"):
+        torch.testing.assert_close(split(5, name), split(9, name), rtol=0, atol=0)
+    assert not torch.equal(split(5, "test"), split(5, "test", seed=1))
+    small, large = split(5, "train"), split(9, "train")
+    assert small.shape[0] == 5 and large.shape[0] == 9
+    assert not torch.equal(small, large[:5])  # train draws from its own stream with its own size
+    assert not torch.equal(split(5, "val")[:3], split(5, "test"))
+
+    # the test split is the simulation of the third child stream, independent of the other sizes
+    stream = np.random.SeedSequence(0).spawn(3)[2]
+    locs, vels, charges = simulate_charged(3, num_frames=41, seed=stream, progress=False)
+    test = NBody(str(tmp_path), "test", 5, 4, 3, progress=False)
+    torch.testing.assert_close(test[1].pos, torch.from_numpy(locs[1, 30]).float())
+    torch.testing.assert_close(test[1].y, torch.from_numpy(locs[1, 40]).float())
+    torch.testing.assert_close(test[1].vel, torch.from_numpy(vels[1, 30]).float())
+    torch.testing.assert_close(test[1].charge[:, 0], torch.from_numpy(charges[1]).float())
+
+
+def test_nbody_only_simulates_the_split_whose_size_changed(tmp_path, monkeypatch) -> None:
+    NBody(str(tmp_path), "train", 5, 4, 3, progress=False)
+    sizes = []
+    original = simulate_charged
+
+    def counting(num_sims, *args, **kwargs):
+        sizes.append(num_sims)
+        return original(num_sims, *args, **kwargs)
+
+    monkeypatch.setattr("pyg_clifford.nbody.simulate_charged", counting)
+    NBody(str(tmp_path), "test", 7, 4, 3, progress=False)
+    assert sizes == [7]

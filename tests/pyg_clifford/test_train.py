@@ -46,7 +46,7 @@ def test_cli_writes_results_and_resumes(tmp_path: Path, capsys: pytest.CaptureFi
     assert first["best_epoch"] == 1 and math.isfinite(first["test_mse"])
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
     assert saved["test_mse"] == first["test_mse"] and saved["hops"] == 2
-    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)  # tensors and primitives
     assert checkpoint["state"]["epoch"] == 1
 
     resumed = train.main(tiny_args(tmp_path, "run", 2, "--hops", "2", "--resume"))
@@ -56,6 +56,53 @@ def test_cli_writes_results_and_resumes(tmp_path: Path, capsys: pytest.CaptureFi
 
     straight = train.main(tiny_args(tmp_path, "straight", 2, "--hops", "2"))
     assert straight["history"][1]["val_mse"] == pytest.approx(resumed["history"][1]["val_mse"], rel=1e-5)
+
+
+class Payload:
+    """A pickled object that touches a file when unpickled: what a tampered checkpoint could run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_resume_refuses_a_tampered_checkpoint(tmp_path: Path) -> None:
+    train.main(tiny_args(tmp_path, "run", 1))
+    path = tmp_path / "run" / "checkpoint.pt"
+    checkpoint = torch.load(path, weights_only=True)
+    marker = tmp_path / "pwned"
+    checkpoint["state"]["history"].append(Payload(marker))
+    torch.save(checkpoint, path)
+    with pytest.raises(ValueError, match="Refusing to resume from"):
+        train.main(tiny_args(tmp_path, "run", 2, "--resume"))
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the same file loaded unsafely runs the payload
+    assert marker.exists()
+
+
+def test_egnn_baseline_moves_by_the_velocity_in_every_layer(tmp_path: Path) -> None:
+    """EGNN-vel: with the message terms switched off, each layer adds phi_v(h) v to the positions."""
+    from torch_geometric.data import Batch
+
+    from pyg_clifford.nbody import nbody_graph, simulate_charged
+
+    locs, vels, charges = simulate_charged(2, num_frames=2, progress=False)
+    data = Batch.from_data_list([nbody_graph(locs[s, 0], vels[s, 0], locs[s, 1], charges[s]) for s in (0, 1)])
+    model = train.EGNNVelocity(hidden_channels=8, num_layers=3)
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.coors_mlp[-1].weight.zero_()
+            layer.coors_mlp[-1].bias.zero_()
+        for velocity in model.velocity:
+            velocity[-1].weight.zero_()
+            velocity[-1].bias.fill_(0.5)
+    torch.testing.assert_close(model(data), data.pos + 1.5 * data.vel)
+    result = train.main(tiny_args(tmp_path, "egnn", 2, "--model", "egnn"))
+    assert math.isfinite(result["test_mse"]) and result["parameters"] == sum(
+        p.numel() for p in train.EGNNVelocity(4, 1).parameters()
+    )
 
 
 def test_cli_rejects_bad_hops(tmp_path: Path) -> None:
