@@ -39,7 +39,18 @@ from pyg_clifford import CGEGNN, MD17Trajectory, NBody, train
 from pyg_clifford.mmff import MD17_SMILES
 from pyg_clifford.mmff import main as generate_mmff
 
-CONFIG_KEYS = ("num_train", "num_val", "num_test", "batch_size", "hidden", "layers", "lr", "hops", "model")
+CONFIG_KEYS = (
+    "num_train",
+    "num_val",
+    "num_test",
+    "batch_size",
+    "hidden",
+    "layers",
+    "lr",
+    "hops",
+    "model",
+    "clip_grad",
+)
 
 
 def matched_width(hidden: int, layers: int, hops: int, scalars: int) -> int:
@@ -117,9 +128,12 @@ def models(task: str, args: argparse.Namespace) -> dict[str, list[str]]:
 
 
 def egnn_options(lr: float, args: argparse.Namespace) -> list[str]:
+    """EGNN-vel's options: its paper width and depth, gradient norm clipped at 1 (it diverges without)."""
     return ["--model", "egnn", "--hidden", str(args.egnn_hidden), "--layers", str(args.egnn_layers)] + [
         "--lr",
         str(lr),
+        "--clip-grad",
+        "1",
     ]
 
 
