@@ -341,14 +341,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
-    if args.hops < 1:
-        raise ValueError(f"Expected --hops >= 1, got {args.hops}")
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the model-dependent defaults: lr 4e-3 (CG-EGNN) or 5e-4 (EGNN); gradient clipping off (CG-EGNN)
+    or at norm 1 (EGNN)."""
     if args.lr is None:
         args.lr = 4e-3 if args.model == "cgegnn" else 5e-4
     if args.clip_grad is None:
         args.clip_grad = 0.0 if args.model == "cgegnn" else 1.0
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = resolve_defaults(build_parser().parse_args(argv))
+    if args.hops < 1:
+        raise ValueError(f"Expected --hops >= 1, got {args.hops}")
     return train(args)
 
 
