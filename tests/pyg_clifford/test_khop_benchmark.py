@@ -1,5 +1,6 @@
 """The k-hop study script: statistics, the parameter-matched width, caching and resume of its runs."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,17 @@ def test_study_runs_caches_and_resumes(tmp_path: Path, monkeypatch: pytest.Monke
     assert again.split("wall time")[0] == summary.split("wall time")[0]
     with pytest.raises(ValueError, match="use another --out"):
         khop.main([*argv, "--hidden", "4"])
+    # runs from before --clip-grad trained unclipped: still valid for CG-EGNN, refused for the (clipped) EGNN
+    for name, accepted in (("h1_s0", True), ("egnn_lr0.001_s0", False)):
+        path = tmp_path / "out" / "nbody" / name / "result.json"
+        result = json.loads(path.read_text())
+        del result["args"]["clip_grad"]
+        path.write_text(json.dumps(result))
+        if accepted:
+            khop.main(argv)
+        else:
+            with pytest.raises(ValueError, match="clip_grad"):
+                khop.main(argv)
 
 
 def _has_rdkit() -> bool:
