@@ -50,6 +50,21 @@ def head_invariants(ws: TransformerWeightSpace) -> tuple[Tensor, Tensor]:
     return q @ k.transpose(-1, -2), v @ ws.wo
 
 
+def attention_summary(s: Tensor, t: Tensor, u: Tensor, v: Tensor) -> Tensor:
+    r"""Invariant summary of a block's attention for its MLP features (the paper's ``[WW]_{QK}``,
+    ``[WW]_{VO}`` terms of ``W_A, b_A, W_B, b_B``, reduced to one learned contraction each):
+
+    .. math::
+        z = \Big[\tfrac1H \sum_h u^\top S_h,\; \tfrac1H \sum_h v^\top T_h\Big] \in \mathbb{R}^{2D+1}.
+
+    ``s`` ``(B, C, L, H, D+1, D+1)``, ``t`` ``(B, C, L, H, D+1, D)``, ``u, v`` ``(L, D+1)``
+    -> ``(B, C, L, 2D+1)``.
+    """
+    zs = torch.einsum("lp,bclhpj->bclj", u, s) / s.shape[3]
+    zt = torch.einsum("lp,bclhpj->bclj", v, t) / t.shape[3]
+    return torch.cat([zs, zt], dim=-1)
+
+
 def _mean(t: Tensor, dim: int, keepdim: bool = False) -> Tensor:
     """Mean over ``dim``; zeros when that axis is empty (a bare attention layer has ``D_A = 0``)."""
     if t.shape[dim] == 0:
@@ -83,9 +98,9 @@ class TransformerLinear(nn.Module):
         "v": ("own", "fixed", "self", "mean"),
         "o": ("own", "fixed", "self", "mean"),
         "bo": ("own", "fixed", "vo_bias", "vo_rows"),
-        "a": ("own", "fixed", "pool", "from_b"),
-        "b": ("own", "fixed", "pool", "from_a"),
-        "bb": ("own", "fixed", "pool_b", "pool_a"),
+        "a": ("own", "fixed", "pool", "from_b", "att"),
+        "b": ("own", "fixed", "pool", "from_a", "att"),
+        "bb": ("own", "fixed", "pool_b", "pool_a", "att"),
     }
 
     def __init__(self, spec: TransformerWeightSpaceSpec, in_channels: int, out_channels: int) -> None:
@@ -101,7 +116,8 @@ class TransformerLinear(nn.Module):
         )
         fixed = {"q": (D + 1, D + 1), "k": (D + 1, D + 1), "v": (D + 1, D + 1), "o": (D, D), "bo": (D, D)}
         fixed |= {"a": (D + 1, D + 1), "b": (D, D), "bb": (D, D), "ab": (D + 1, D), "ba": (D + 1, D)}
-        fixed |= {"bb_a": (D + 1, D)}
+        fixed |= {"bb_a": (D + 1, D), "att_s": (D + 1,), "att_t": (D + 1,)}
+        fixed |= {"a_att": (D + 1, 2 * D + 1), "b_att": (D, 2 * D + 1), "bb_att": (D, 2 * D + 1)}
         self.fixed = nn.ParameterDict({k: nn.Parameter(torch.empty(L, *s)) for k, s in fixed.items()})
         self.bias = nn.ParameterDict(
             {
@@ -117,7 +133,7 @@ class TransformerLinear(nn.Module):
             std = 1.0 / math.sqrt(self.in_channels * len(self._MIXES[name.split("_")[0]]))
             nn.init.normal_(p, std=std)
         for p in self.fixed.values():
-            nn.init.normal_(p, std=1.0 / math.sqrt(p.shape[-2]))
+            nn.init.normal_(p, std=1.0 / math.sqrt(p.shape[1]))
         for p in self.bias.values():
             nn.init.zeros_(p)
 
@@ -162,12 +178,14 @@ class TransformerLinear(nn.Module):
             + self._mix("bo_vo_rows", t_mean[..., :-1, :].mean(-2))
             + self.bias["bo"]
         )
+        att = attention_summary(s, t, self.fixed["att_s"], self.fixed["att_t"])  # (B, C, L, 2D+1)
         a = _augment(ws.wa, ws.ba)  # (B, C, L, D+1, D_A)
         wa = (
             self._mix("a_own", a)
             + torch.einsum("lij,bolja->bolia", self.fixed["a"], self._mix("a_fixed", a))
             + self._mix("a_pool", _mean(a, -1, keepdim=True))
             + torch.einsum("lij,bolaj->bolia", self.fixed["ab"], self._mix("a_from_b", ws.wb))
+            + torch.einsum("lij,bolj->boli", self.fixed["a_att"], self._mix("a_att", att))[..., None]
         )
         ba = wa[..., -1, :] + self.bias["ba"][None, :, :, None]
         wb = (
@@ -175,12 +193,14 @@ class TransformerLinear(nn.Module):
             + torch.einsum("bolai,lij->bolaj", self._mix("b_fixed", ws.wb), self.fixed["b"])
             + self._mix("b_pool", _mean(ws.wb, -2, keepdim=True))
             + torch.einsum("bolia,lij->bolaj", self._mix("b_from_a", a), self.fixed["ba"])
+            + torch.einsum("lij,bolj->boli", self.fixed["b_att"], self._mix("b_att", att))[..., None, :]
         )
         bb = (
             self._mix("bb_own", ws.bb)
             + torch.einsum("lij,bolj->boli", self.fixed["bb"], self._mix("bb_fixed", ws.bb))
             + self._mix("bb_pool_b", _mean(ws.wb, -2))
             + torch.einsum("boli,lij->bolj", self._mix("bb_pool_a", _mean(a, -1)), self.fixed["bb_a"])
+            + torch.einsum("lij,bolj->boli", self.fixed["bb_att"], self._mix("bb_att", att))
             + self.bias["bb"]
         )
         return TransformerWeightSpace(
