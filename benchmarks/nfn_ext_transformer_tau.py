@@ -70,7 +70,13 @@ def settings(model: str, spec: TransformerWeightSpaceSpec, args: argparse.Namesp
     """The settings each model chooses from on the validation split: name -> builder."""
     hh = args.head_hidden
     if model == "transformer_nfn":
-        return {f"c{c}": (lambda c=c: TransformerNFN(spec, (c,), hh)) for c in args.channels}
+        return {
+            f"c{c}" + ("" if att else "-noatt"): (
+                lambda c=c, att=att: TransformerNFN(spec, (c,), hh, attention_to_mlp=att)
+            )
+            for c in args.channels
+            for att in args.attention_to_mlp
+        }
     if model == "statnn_gbt":
         return {f"depth{d}": d for d in args.gbt_depths}
     target = _count(TransformerNFN(spec, (max(args.channels),), hh))
@@ -210,6 +216,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument(
         "--channels", type=int, nargs="+", default=[4, 8], help="Transformer-NFN widths chosen on validation"
+    )
+    parser.add_argument(
+        "--attention-to-mlp",
+        type=lambda v: v == "on",
+        nargs="+",
+        default=[True, False],
+        help="on/off: Transformer-NFN with/without the attention -> MLP terms (chosen on validation)",
     )
     parser.add_argument("--gbt-depths", type=int, nargs="+", default=[2, 3, 4], help="chosen on validation")
     parser.add_argument("--head-hidden", type=int, default=64)

@@ -18,7 +18,8 @@ the side the group does not act on, by a learned ``D``-indexed matrix or by a ma
 
 (``\hat S_h`` the channel mean of ``S_h / \|S_h\|_F``, ``\bar S`` its head mean; ``W_K`` uses ``\hat S_h``,
 ``W_V`` uses ``\hat T_h \hat T_h^\top`` and ``W_O`` is multiplied on the right by ``F_O`` and
-``\hat T_h^\top \hat T_h``), with HNP-style terms for the MLP (hidden neurons permute only) and bias inputs.
+``\hat T_h^\top \hat T_h``), with HNP-style terms for the MLP (hidden neurons permute only) and bias inputs,
+and (``attention_to_mlp``) an invariant summary of the block's ``S_h``, ``T_h`` added to the MLP features.
 Pointwise nonlinearities are applied to the MLP features and ``b_O`` only: on attention features they would
 break the ``GL`` equivariance. :class:`TransformerInvariantPool` pools ``S_h``, ``T_h`` over heads and the
 MLP features over hidden neurons; :class:`TransformerNFN` stacks both and an MLP head.
@@ -86,6 +87,9 @@ class TransformerLinear(nn.Module):
     Args:
         spec: shape of the weight space.
         in_channels, out_channels: feature channels.
+        attention_to_mlp: add an invariant summary of each block's attention (:func:`attention_summary`,
+            through learned ``(D+1) x (2D+1)`` / ``D x (2D+1)`` maps) to ``[W_A; b_A]``, ``W_B``, ``b_B``,
+            the same for every hidden neuron (the paper's ``[WW]_{QK}``, ``[WW]_{VO}`` terms of the MLP).
 
     Shapes:
         input/output: a :class:`TransformerWeightSpace` with ``B`` models and ``C_in`` / ``C_out`` channels.
@@ -103,21 +107,30 @@ class TransformerLinear(nn.Module):
         "bb": ("own", "fixed", "pool_b", "pool_a", "att"),
     }
 
-    def __init__(self, spec: TransformerWeightSpaceSpec, in_channels: int, out_channels: int) -> None:
+    def __init__(
+        self,
+        spec: TransformerWeightSpaceSpec,
+        in_channels: int,
+        out_channels: int,
+        attention_to_mlp: bool = True,
+    ) -> None:
         super().__init__()
         self.spec, self.in_channels, self.out_channels = spec, in_channels, out_channels
+        self.attention_to_mlp = attention_to_mlp
         L, D = spec.num_blocks, spec.d_model
         self.mix = nn.ParameterDict(
             {
                 f"{feat}_{term}": nn.Parameter(torch.empty(L, out_channels, in_channels))
-                for feat, terms in self._MIXES.items()
-                for term in terms
+                for feat in self._MIXES
+                for term in self._terms(feat)
             }
         )
         fixed = {"q": (D + 1, D + 1), "k": (D + 1, D + 1), "v": (D + 1, D + 1), "o": (D, D), "bo": (D, D)}
         fixed |= {"a": (D + 1, D + 1), "b": (D, D), "bb": (D, D), "ab": (D + 1, D), "ba": (D + 1, D)}
-        fixed |= {"bb_a": (D + 1, D), "att_s": (D + 1,), "att_t": (D + 1,)}
-        fixed |= {"a_att": (D + 1, 2 * D + 1), "b_att": (D, 2 * D + 1), "bb_att": (D, 2 * D + 1)}
+        fixed |= {"bb_a": (D + 1, D)}
+        if attention_to_mlp:
+            fixed |= {"att_s": (D + 1,), "att_t": (D + 1,), "a_att": (D + 1, 2 * D + 1)}
+            fixed |= {"b_att": (D, 2 * D + 1), "bb_att": (D, 2 * D + 1)}
         self.fixed = nn.ParameterDict({k: nn.Parameter(torch.empty(L, *s)) for k, s in fixed.items()})
         self.bias = nn.ParameterDict(
             {
@@ -130,12 +143,15 @@ class TransformerLinear(nn.Module):
 
     def reset_parameters(self) -> None:
         for name, p in self.mix.items():
-            std = 1.0 / math.sqrt(self.in_channels * len(self._MIXES[name.split("_")[0]]))
+            std = 1.0 / math.sqrt(self.in_channels * len(self._terms(name.split("_")[0])))
             nn.init.normal_(p, std=std)
         for p in self.fixed.values():
             nn.init.normal_(p, std=1.0 / math.sqrt(p.shape[1]))
         for p in self.bias.values():
             nn.init.zeros_(p)
+
+    def _terms(self, feat: str) -> tuple[str, ...]:
+        return tuple(t for t in self._MIXES[feat] if self.attention_to_mlp or t != "att")
 
     def _mix(self, name: str, x: Tensor) -> Tensor:
         """Channel mix ``x`` ``(B, C_in, L, ...)`` -> ``(B, C_out, L, ...)``."""
@@ -178,31 +194,32 @@ class TransformerLinear(nn.Module):
             + self._mix("bo_vo_rows", t_mean[..., :-1, :].mean(-2))
             + self.bias["bo"]
         )
-        att = attention_summary(s, t, self.fixed["att_s"], self.fixed["att_t"])  # (B, C, L, 2D+1)
         a = _augment(ws.wa, ws.ba)  # (B, C, L, D+1, D_A)
         wa = (
             self._mix("a_own", a)
             + torch.einsum("lij,bolja->bolia", self.fixed["a"], self._mix("a_fixed", a))
             + self._mix("a_pool", _mean(a, -1, keepdim=True))
             + torch.einsum("lij,bolaj->bolia", self.fixed["ab"], self._mix("a_from_b", ws.wb))
-            + torch.einsum("lij,bolj->boli", self.fixed["a_att"], self._mix("a_att", att))[..., None]
         )
-        ba = wa[..., -1, :] + self.bias["ba"][None, :, :, None]
         wb = (
             self._mix("b_own", ws.wb)
             + torch.einsum("bolai,lij->bolaj", self._mix("b_fixed", ws.wb), self.fixed["b"])
             + self._mix("b_pool", _mean(ws.wb, -2, keepdim=True))
             + torch.einsum("bolia,lij->bolaj", self._mix("b_from_a", a), self.fixed["ba"])
-            + torch.einsum("lij,bolj->boli", self.fixed["b_att"], self._mix("b_att", att))[..., None, :]
         )
         bb = (
             self._mix("bb_own", ws.bb)
             + torch.einsum("lij,bolj->boli", self.fixed["bb"], self._mix("bb_fixed", ws.bb))
             + self._mix("bb_pool_b", _mean(ws.wb, -2))
             + torch.einsum("boli,lij->bolj", self._mix("bb_pool_a", _mean(a, -1)), self.fixed["bb_a"])
-            + torch.einsum("lij,bolj->boli", self.fixed["bb_att"], self._mix("bb_att", att))
             + self.bias["bb"]
         )
+        if self.attention_to_mlp:  # invariant summary of the attention, the same for every hidden neuron
+            att = attention_summary(s, t, self.fixed["att_s"], self.fixed["att_t"])  # (B, C, L, 2D+1)
+            u = {n: torch.einsum("lij,bolj->boli", self.fixed[f"{n}_att"], self._mix(f"{n}_att", att))
+                 for n in ("a", "b", "bb")}  # fmt: skip
+            wa, wb, bb = wa + u["a"][..., None], wb + u["b"][..., None, :], bb + u["bb"]
+        ba = wa[..., -1, :] + self.bias["ba"][None, :, :, None]
         return TransformerWeightSpace(
             wq=out["q"][..., :-1, :], bq=out["q"][..., -1, :],
             wk=out["k"][..., :-1, :], bk=out["k"][..., -1, :],
@@ -279,6 +296,7 @@ class TransformerNFN(nn.Module):
         out_features: outputs per model.
         in_channels: channels of the input weight space.
         dense_pool: see :class:`TransformerInvariantPool`.
+        attention_to_mlp: see :class:`TransformerLinear`.
 
     Shapes:
         input: :class:`TransformerWeightSpace` with ``B`` models; output ``(B, out_features)``.
@@ -292,13 +310,14 @@ class TransformerNFN(nn.Module):
         out_features: int = 1,
         in_channels: int = 1,
         dense_pool: bool = False,
+        attention_to_mlp: bool = True,
     ) -> None:
         super().__init__()
         self.spec = spec
         channels = [in_channels, *hidden_channels]
         layers: list[nn.Module] = []
         for a, b in zip(channels[:-1], channels[1:], strict=True):
-            layers += [TransformerLinear(spec, a, b), TransformerReLU()]
+            layers += [TransformerLinear(spec, a, b, attention_to_mlp), TransformerReLU()]
         self.layers = nn.Sequential(*layers)
         self.pool = TransformerInvariantPool(spec, channels[-1], dense_pool)
         self.head = nn.Sequential(

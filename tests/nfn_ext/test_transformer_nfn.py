@@ -121,6 +121,20 @@ def test_attention_to_mlp_terms_match_a_direct_evaluation():
             assert out.wq[b, 0, l].abs().max() == 0 and out.bo[b, 0, l].abs().max() == 0
 
 
+def test_attention_to_mlp_off_drops_exactly_those_terms():
+    ws = _space(batch=2)
+    on, off = TransformerLinear(ws.spec, 2, 3).double(), TransformerLinear(ws.spec, 2, 3, False).double()
+    extra = set(on.state_dict()) - set(off.state_dict())
+    assert extra and all(name.endswith("att") or "att_" in name for name in extra)
+    on.load_state_dict(off.state_dict(), strict=False)
+    with torch.no_grad():
+        for name in ("a_att", "b_att", "bb_att"):
+            on.mix[name].zero_()
+    assert _rel_diff(on(ws), off(ws)) == 0
+    on.reset_parameters()
+    assert _rel_diff(on(ws), off(ws)) > 1e-3
+
+
 def test_every_parameter_moves_in_training():
     """A few Adam steps on a regression target: every parameter tensor gets a nonzero gradient and moves, and
     every entry of every term of the equivariant layer moves (no dead term, no detached path). Entries behind
