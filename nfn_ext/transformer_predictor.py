@@ -74,7 +74,9 @@ class AccuracyPredictor(nn.Module):
 
     Args:
         spec: shape of the blocks it scores (the zoo's ``weights.spec``).
-        hidden_channels, head_hidden, attention_to_mlp: as in :class:`~nfn_ext.TransformerNFN`.
+        hidden_channels, head_hidden, attention_to_mlp: as in :class:`~nfn_ext.TransformerNFN`; the
+            default leaves the attention -> MLP terms out, which the benchmark's validation split chose on
+            the SmallViT zoo in every seed.
     """
 
     def __init__(
@@ -82,7 +84,7 @@ class AccuracyPredictor(nn.Module):
         spec: TransformerWeightSpaceSpec,
         hidden_channels: Sequence[int] = (8,),
         head_hidden: int = 64,
-        attention_to_mlp: bool = True,
+        attention_to_mlp: bool = False,
     ) -> None:
         super().__init__()
         self.spec = spec
