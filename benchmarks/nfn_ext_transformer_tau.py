@@ -151,7 +151,7 @@ def run(zoo: TransformerZoo, model: str, seed: int, args: argparse.Namespace) ->
     ``seconds`` = the time of the whole selection and ``grid`` = every setting's validation tau."""
     tried = []
     for setting, build in settings(model, zoo.weights.spec, args).items():
-        tag = f"v2_n{args.n}_{model}_{setting}_e{args.epochs}_s{seed}"
+        tag = f"v3_n{args.n}_{model}_{setting}_e{args.epochs}_s{seed}"
         cache = Path(args.root) / "tau" / f"{tag}.json"
         if cache.exists():
             result = json.loads(cache.read_text())

@@ -135,7 +135,9 @@ class TransformerLinear(nn.Module):
         self.bias = nn.ParameterDict(
             {
                 "bo": nn.Parameter(torch.empty(out_channels, L, D)),
+                "wa": nn.Parameter(torch.empty(out_channels, L)),
                 "ba": nn.Parameter(torch.empty(out_channels, L)),
+                "wb": nn.Parameter(torch.empty(out_channels, L, D)),
                 "bb": nn.Parameter(torch.empty(out_channels, L, D)),
             }
         )
@@ -220,11 +222,13 @@ class TransformerLinear(nn.Module):
                  for n in ("a", "b", "bb")}  # fmt: skip
             wa, wb, bb = wa + u["a"][..., None], wb + u["b"][..., None, :], bb + u["bb"]
         ba = wa[..., -1, :] + self.bias["ba"][None, :, :, None]
+        wa = wa[..., :-1, :] + self.bias["wa"][None, :, :, None, None]  # constant over rows and neurons
+        wb = wb + self.bias["wb"][None, :, :, None, :]  # a D-vector, the same for every hidden neuron
         return TransformerWeightSpace(
             wq=out["q"][..., :-1, :], bq=out["q"][..., -1, :],
             wk=out["k"][..., :-1, :], bk=out["k"][..., -1, :],
             wv=out["v"][..., :-1, :], bv=out["v"][..., -1, :],
-            wo=wo, bo=bo, wa=wa[..., :-1, :], ba=ba, wb=wb, bb=bb,
+            wo=wo, bo=bo, wa=wa, ba=ba, wb=wb, bb=bb,
             spec=self.spec, template=ws.template,
         )  # fmt: skip
 

@@ -31,6 +31,9 @@ def test_linear_layer_is_equivariant(family, scale, tol):
     """layer(g.ws) == g.layer(ws), including ill-conditioned M, N (condition numbers up to 1e6)."""
     ws = _space(family)
     layer = TransformerLinear(ws.spec, 2, 3).double()
+    with torch.no_grad():
+        for p in layer.bias.values():  # zero-initialised: exercise them
+            p.normal_()
     g = random_group_element(ws, scale_range=scale, generator=torch.Generator().manual_seed(1))
     assert _rel_diff(layer(g.act(ws)), g.act(layer(ws))) < tol
     relu = TransformerReLU()
@@ -101,6 +104,16 @@ def test_attention_to_mlp_terms_match_a_direct_evaluation():
         for p in layer.bias.values():
             p.zero_()
     out = layer(ws)
+    with torch.no_grad():
+        for p in layer.bias.values():
+            p.normal_()
+    biased = layer(ws)
+    for j in range(ws.spec.d_mlp):  # biases: W_A a constant, W_B a D-vector, b_A one value per block
+        assert torch.allclose(biased.wa[:, 0, :, :, j] - out.wa[:, 0, :, :, j], layer.bias["wa"][0, :, None])
+        assert torch.allclose(biased.wb[:, 0, :, j] - out.wb[:, 0, :, j], layer.bias["wb"][0])
+        assert torch.allclose(biased.ba[:, 0, :, j] - out.ba[:, 0, :, j], layer.bias["ba"][0])
+    assert torch.allclose(biased.bb[:, 0] - out.bb[:, 0], layer.bias["bb"][0])
+    assert torch.allclose(biased.bo[:, 0] - out.bo[:, 0], layer.bias["bo"][0])
     H, fx = ws.spec.num_heads, layer.fixed
     for b in range(2):
         for l in range(ws.spec.num_blocks):
