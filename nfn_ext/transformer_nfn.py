@@ -19,7 +19,8 @@ the side the group does not act on, by a learned ``D``-indexed matrix or by a ma
 (``\hat S_h`` the channel mean of ``S_h / \|S_h\|_F``, ``\bar S`` its head mean; ``W_K`` uses ``\hat S_h``,
 ``W_V`` uses ``\hat T_h \hat T_h^\top`` and ``W_O`` is multiplied on the right by ``F_O`` and
 ``\hat T_h^\top \hat T_h``), with HNP-style terms for the MLP (hidden neurons permute only) and bias inputs,
-and (``attention_to_mlp``) an invariant summary of the block's ``S_h``, ``T_h`` added to the MLP features.
+and (``attention_to_mlp``) an invariant summary of the block's ``S_h``, ``T_h`` added to the MLP features;
+learned biases for ``b_O``, ``b_A``, ``b_B``, a constant for ``W_A``, a ``D``-vector for the rows of ``W_B``.
 Pointwise nonlinearities are applied to the MLP features and ``b_O`` only: on attention features they would
 break the ``GL`` equivariance. :class:`TransformerInvariantPool` pools ``S_h``, ``T_h`` over heads and the
 MLP features over hidden neurons; :class:`TransformerNFN` stacks both and an MLP head.
