@@ -24,18 +24,23 @@ import json
 import math
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from nfn_ext import TransformerNFN, random_group_element
 from nfn_ext.transformer_baselines import TransformerFlatMLP, TransformerPermutationNFN, weight_statistics
 from nfn_ext.transformer_predictor import fit, kendall_tau, predict_logits
+from nfn_ext.transformer_space import TransformerWeightSpaceSpec
 from nfn_ext.transformer_zoo import TransformerZoo, build_transformer_zoo, load_transformer_zoo
 
-MODELS = ("transformer_nfn", "nfn_pool_only", "mlp", "np", "statnn_gbt")
+MODELS = (
+    "transformer_nfn", "nfn_pool_only", "nfn_pool_only_wide", "mlp", "np", "np_wide", "statnn_gbt",
+)  # fmt: skip
 
 
 def split(zoo: TransformerZoo, test_fraction: float = 0.2, val_fraction: float = 0.1) -> dict[str, Tensor]:
@@ -51,7 +56,47 @@ def split(zoo: TransformerZoo, test_fraction: float = 0.2, val_fraction: float =
     return {k: torch.nonzero(torch.isin(zoo.member, v)).squeeze(1) for k, v in groups.items()}
 
 
-def run(zoo: TransformerZoo, model: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+def _count(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def _matched(build: Callable[[int], nn.Module], target: int) -> int:
+    """The width ``w`` (from a fixed ladder) whose ``build(w)`` has the parameter count nearest ``target``."""
+    ladder = (8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+    return min(ladder, key=lambda w: abs(_count(build(w)) - target))
+
+
+def settings(model: str, spec: TransformerWeightSpaceSpec, args: argparse.Namespace) -> dict[str, Callable]:
+    """The settings each model chooses from on the validation split: name -> builder."""
+    hh = args.head_hidden
+    if model == "transformer_nfn":
+        return {
+            f"c{c}" + ("" if att else "-noatt"): (
+                lambda c=c, att=att: TransformerNFN(spec, (c,), hh, attention_to_mlp=att)
+            )
+            for c in args.channels
+            for att in args.attention_to_mlp
+        }
+    if model == "statnn_gbt":
+        return {f"depth{d}": d for d in args.gbt_depths}
+    target = _count(TransformerNFN(spec, (max(args.channels),), hh))
+    if model == "nfn_pool_only":
+        return {f"h{hh}": lambda: TransformerNFN(spec, (), hh)}
+    if model == "nfn_pool_only_wide":
+        w = _matched(lambda w: TransformerNFN(spec, (), w), target)
+        return {f"h{w}": lambda: TransformerNFN(spec, (), w)}
+    if model == "mlp":
+        return {f"h{hh}": lambda: TransformerFlatMLP(spec, hh)}
+    if model == "np":
+        return {f"h32-{hh}": lambda: TransformerPermutationNFN(spec, 32, hh)}
+    w = _matched(lambda w: TransformerPermutationNFN(spec, w, w), target)
+    return {f"h{w}-{w}": lambda: TransformerPermutationNFN(spec, w, w)}
+
+
+def run_setting(
+    zoo: TransformerZoo, model: str, setting: str, build: Any, seed: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Train one setting, early-stopped on the validation split; score validation, test, moved test."""
     idx = split(zoo)
     train, val, test = (zoo.subset(idx[k]) for k in ("train", "val", "test"))
     moved = {}
@@ -64,7 +109,9 @@ def run(zoo: TransformerZoo, model: str, seed: int, args: argparse.Namespace) ->
     if model == "statnn_gbt":
         from sklearn.ensemble import GradientBoostingRegressor
 
-        gbt = GradientBoostingRegressor(n_estimators=300, max_depth=3, learning_rate=0.05, random_state=seed)
+        gbt = GradientBoostingRegressor(
+            n_estimators=300, max_depth=build, learning_rate=0.05, random_state=seed
+        )
         gbt.fit(weight_statistics(train.weights).numpy(), train.accuracy.numpy())
         params = sum(t.tree_.node_count for t in gbt.estimators_.ravel())
 
@@ -72,17 +119,12 @@ def run(zoo: TransformerZoo, model: str, seed: int, args: argparse.Namespace) ->
             return torch.from_numpy(gbt.predict(weight_statistics(ws).numpy()))
 
     else:
-        spec = zoo.weights.spec
-        net = {
-            "transformer_nfn": lambda: TransformerNFN(spec, args.channels, args.head_hidden),
-            "nfn_pool_only": lambda: TransformerNFN(spec, (), args.head_hidden),
-            "mlp": lambda: TransformerFlatMLP(spec, args.head_hidden),
-            "np": lambda: TransformerPermutationNFN(spec, 32, args.head_hidden),
-        }[model]()
+        net = build()
         curve = fit(
-            net, train.weights, train.accuracy, args.epochs, 32, args.lr, seed, (val.weights, val.accuracy)
-        )
-        params = sum(p.numel() for p in net.parameters())
+            net, train.weights, train.accuracy, args.epochs, 32, args.lr, seed, (val.weights, val.accuracy),
+            progress=False,
+        )  # fmt: skip
+        params = _count(net)
 
         def predict(ws):
             return predict_logits(net, ws)
@@ -90,15 +132,38 @@ def run(zoo: TransformerZoo, model: str, seed: int, args: argparse.Namespace) ->
     seconds = time.perf_counter() - start
     return {
         "model": model,
+        "setting": setting,
         "seed": seed,
         "params": params,
         "seconds": seconds,
         "n_train": len(train),
         "n_test": len(test),
         "val_curve": curve,
+        "val_tau": max(curve) if curve else kendall_tau(predict(val.weights), val.accuracy),
+        "best_epoch": curve.index(max(curve)) + 1 if curve else None,
         "tau": kendall_tau(predict(test.weights), test.accuracy),
         "tau_moved": {k: kendall_tau(predict(ws), test.accuracy) for k, ws in moved.items()},
     }
+
+
+def run(zoo: TransformerZoo, model: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Every setting of ``model`` (cached per setting); returns the one with the best validation tau, with
+    ``seconds`` = the time of the whole selection and ``grid`` = every setting's validation tau."""
+    tried = []
+    for setting, build in settings(model, zoo.weights.spec, args).items():
+        tag = f"v3_n{args.n}_{model}_{setting}_e{args.epochs}_s{seed}"
+        cache = Path(args.root) / "tau" / f"{tag}.json"
+        if cache.exists():
+            result = json.loads(cache.read_text())
+        else:
+            result = run_setting(zoo, model, setting, build, seed, args)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(result, indent=1))
+        tried.append(result)
+    best = dict(max(tried, key=lambda r: r["val_tau"]))
+    best["seconds"] = sum(r["seconds"] for r in tried)
+    best["grid"] = {r["setting"]: round(r["val_tau"], 3) for r in tried}
+    return best
 
 
 def _mean_std(values: list[float]) -> str:
@@ -117,6 +182,29 @@ def _paired_ci(a: list[float], b: list[float]) -> str:
     return f"{statistics.mean(d):+.3f} [{statistics.mean(d) - half:+.3f}, {statistics.mean(d) + half:+.3f}]"
 
 
+def plot_curves(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """Validation Kendall's tau by epoch of the selected setting of every neural model (mean over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for model, runs in results.items():
+        curves = [r["val_curve"] for r in runs if r["val_curve"]]
+        if curves:
+            n = min(len(c) for c in curves)
+            mean = [statistics.mean(c[e] for c in curves) for e in range(n)]
+            ax.plot(range(1, n + 1), mean, label=model)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation Kendall tau (mean over seeds)")
+    ax.set_title("SmallViT zoo: validation curves of the selected settings")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -124,14 +212,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=300, help="zoo members (4 checkpoints each)")
     parser.add_argument("--d-model", type=int, default=16)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=20, help="maximum epochs (early-stopped)")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--channels", type=int, nargs="+", default=[8])
+    parser.add_argument(
+        "--channels", type=int, nargs="+", default=[4, 8], help="Transformer-NFN widths chosen on validation"
+    )
+    parser.add_argument(
+        "--attention-to-mlp",
+        type=lambda v: v == "on",
+        nargs="+",
+        default=[True, False],
+        help="on/off: Transformer-NFN with/without the attention -> MLP terms (chosen on validation)",
+    )
+    parser.add_argument("--gbt-depths", type=int, nargs="+", default=[2, 3, 4], help="chosen on validation")
     parser.add_argument("--head-hidden", type=int, default=64)
     parser.add_argument("--scales", type=float, nargs="+", default=[2.0, 1e2], help="group element scales")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workers", type=int, default=1, help="processes for building the zoo")
     parser.add_argument("--root", default="runs/nfn_ext_transformer", help="where the zoo and results go")
+    parser.add_argument("--plot", default=None, help="validation-curve figure (default: ROOT/val_curves.png)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     root = Path(args.root)
@@ -142,49 +241,54 @@ def main(argv: list[str] | None = None) -> None:
     keep = torch.nonzero(zoo.member < args.n).squeeze(1)
     zoo = zoo.subset(keep)
     results: dict[str, list[dict[str, Any]]] = {}
-    for model in args.models:
+    for model in tqdm(args.models, desc="models"):
         for seed in args.seeds:
-            tag = f"n{args.n}_{model}_e{args.epochs}_c{'-'.join(map(str, args.channels))}_s{seed}"
-            cache = root / "tau" / f"{tag}.json"
-            if cache.exists():
-                result = json.loads(cache.read_text())
-            else:
-                result = run(zoo, model, seed, args)
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                cache.write_text(json.dumps(result, indent=1))
-            results.setdefault(model, []).append(result)
+            results.setdefault(model, []).append(run(zoo, model, seed, args))
     first = next(iter(results.values()))[0]
+    n_val = len(zoo) - first["n_train"] - first["n_test"]
     print(
         f"\nSmallViT zoo: {len(zoo)} checkpoints of {args.n} members, spec {zoo.weights.spec}; "
-        f"train/test {first['n_train']}/{first['n_test']} checkpoints (test members held out); "
-        f"{args.epochs} epochs; seeds {args.seeds} (mean +- std)\n"
+        f"train/val/test {first['n_train']}/{n_val}/{first['n_test']} "
+        f"checkpoints (members held out); settings and epoch chosen on validation tau (at most {args.epochs} "
+        f"epochs); seeds {args.seeds} (mean +- std)\n"
     )
     labels = list(first["tau_moved"])
-    head = ["model", "params", "train s", "tau clean", *[f"tau, moved (s={label})" for label in labels]]
+    head = [
+        "model", "chosen setting (per seed)", "params", "best epoch", "train s (all settings)", "tau val",
+        "tau clean", *[f"tau, moved (s={label})" for label in labels],
+    ]  # fmt: skip
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for model, runs in results.items():
+        params = sorted({r["params"] for r in runs})
         cells = [
             model,
-            f"{runs[0]['params']:,}" + (" nodes" if model == "statnn_gbt" else ""),
+            ", ".join(r["setting"] for r in runs),
+            "/".join(f"{p:,}" for p in params) + (" nodes" if model == "statnn_gbt" else ""),
+            ", ".join(str(r["best_epoch"]) for r in runs) if runs[0]["best_epoch"] else "-",
             f"{statistics.mean(r['seconds'] for r in runs):.0f}",
+            _mean_std([r["val_tau"] for r in runs]),
             _mean_std([r["tau"] for r in runs]),
             *[_mean_std([r["tau_moved"][k] for r in runs]) for k in labels],
         ]
         print("| " + " | ".join(cells) + " |")
+    print("\nValidation tau of every setting (seed: {setting: tau}):")
+    for model, runs in results.items():
+        print(f"- {model}: " + "; ".join(f"{r['seed']}: {r['grid']}" for r in runs))
     if "transformer_nfn" in results:
-        nfn = [r["tau"] for r in results["transformer_nfn"]]
-        print("\nPaired difference of clean tau, Transformer-NFN minus baseline (95% CI over seeds):")
+        nfn = results["transformer_nfn"]
+        print("\nPaired difference of tau, Transformer-NFN minus baseline (same seeds; 95% t-interval):")
+        print(f"| baseline | clean | moved (s={labels[-1]}) |\n|---|---|---|")
         for model, runs in results.items():
             if model != "transformer_nfn":
-                print(f"- {model}: {_paired_ci(nfn, [r['tau'] for r in runs])}")
-        curves = [r["val_curve"] for r in results["transformer_nfn"] if r["val_curve"]]
-        if curves:
-            marks = sorted({1, len(curves[0]) // 4, len(curves[0]) // 2, len(curves[0])} - {0})
-            print(
-                "\nValidation tau of Transformer-NFN by epoch (mean over seeds): "
-                + ", ".join(f"{e}: {statistics.mean(c[e - 1] for c in curves):.3f}" for e in marks)
-            )
+                clean = _paired_ci([r["tau"] for r in nfn], [r["tau"] for r in runs])
+                moved = _paired_ci(
+                    [r["tau_moved"][labels[-1]] for r in nfn], [r["tau_moved"][labels[-1]] for r in runs]
+                )
+                print(f"| {model} | {clean} | {moved} |")
+    plot = Path(args.plot) if args.plot else root / "val_curves.png"
+    plot_curves(results, plot)
+    print(f"\nvalidation curves: {plot}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ the side the group does not act on, by a learned ``D``-indexed matrix or by a ma
 
 (``\hat S_h`` the channel mean of ``S_h / \|S_h\|_F``, ``\bar S`` its head mean; ``W_K`` uses ``\hat S_h``,
 ``W_V`` uses ``\hat T_h \hat T_h^\top`` and ``W_O`` is multiplied on the right by ``F_O`` and
-``\hat T_h^\top \hat T_h``), with HNP-style terms for the MLP (hidden neurons permute only) and bias inputs.
+``\hat T_h^\top \hat T_h``), with HNP-style terms for the MLP (hidden neurons permute only) and bias inputs,
+and (``attention_to_mlp``) an invariant summary of the block's ``S_h``, ``T_h`` added to the MLP features;
+learned biases for ``b_O``, ``b_A``, ``b_B``, a constant for ``W_A``, a ``D``-vector for the rows of ``W_B``.
 Pointwise nonlinearities are applied to the MLP features and ``b_O`` only: on attention features they would
 break the ``GL`` equivariance. :class:`TransformerInvariantPool` pools ``S_h``, ``T_h`` over heads and the
 MLP features over hidden neurons; :class:`TransformerNFN` stacks both and an MLP head.
@@ -50,6 +52,21 @@ def head_invariants(ws: TransformerWeightSpace) -> tuple[Tensor, Tensor]:
     return q @ k.transpose(-1, -2), v @ ws.wo
 
 
+def attention_summary(s: Tensor, t: Tensor, u: Tensor, v: Tensor) -> Tensor:
+    r"""Invariant summary of a block's attention for its MLP features (the paper's ``[WW]_{QK}``,
+    ``[WW]_{VO}`` terms of ``W_A, b_A, W_B, b_B``, reduced to one learned contraction each):
+
+    .. math::
+        z = \Big[\tfrac1H \sum_h u^\top S_h,\; \tfrac1H \sum_h v^\top T_h\Big] \in \mathbb{R}^{2D+1}.
+
+    ``s`` ``(B, C, L, H, D+1, D+1)``, ``t`` ``(B, C, L, H, D+1, D)``, ``u, v`` ``(L, D+1)``
+    -> ``(B, C, L, 2D+1)``.
+    """
+    zs = torch.einsum("lp,bclhpj->bclj", u, s) / s.shape[3]
+    zt = torch.einsum("lp,bclhpj->bclj", v, t) / t.shape[3]
+    return torch.cat([zs, zt], dim=-1)
+
+
 def _mean(t: Tensor, dim: int, keepdim: bool = False) -> Tensor:
     """Mean over ``dim``; zeros when that axis is empty (a bare attention layer has ``D_A = 0``)."""
     if t.shape[dim] == 0:
@@ -71,6 +88,9 @@ class TransformerLinear(nn.Module):
     Args:
         spec: shape of the weight space.
         in_channels, out_channels: feature channels.
+        attention_to_mlp: add an invariant summary of each block's attention (:func:`attention_summary`,
+            through learned ``(D+1) x (2D+1)`` / ``D x (2D+1)`` maps) to ``[W_A; b_A]``, ``W_B``, ``b_B``,
+            the same for every hidden neuron (the paper's ``[WW]_{QK}``, ``[WW]_{VO}`` terms of the MLP).
 
     Shapes:
         input/output: a :class:`TransformerWeightSpace` with ``B`` models and ``C_in`` / ``C_out`` channels.
@@ -83,30 +103,42 @@ class TransformerLinear(nn.Module):
         "v": ("own", "fixed", "self", "mean"),
         "o": ("own", "fixed", "self", "mean"),
         "bo": ("own", "fixed", "vo_bias", "vo_rows"),
-        "a": ("own", "fixed", "pool", "from_b"),
-        "b": ("own", "fixed", "pool", "from_a"),
-        "bb": ("own", "fixed", "pool_b", "pool_a"),
+        "a": ("own", "fixed", "pool", "from_b", "att"),
+        "b": ("own", "fixed", "pool", "from_a", "att"),
+        "bb": ("own", "fixed", "pool_b", "pool_a", "att"),
     }
 
-    def __init__(self, spec: TransformerWeightSpaceSpec, in_channels: int, out_channels: int) -> None:
+    def __init__(
+        self,
+        spec: TransformerWeightSpaceSpec,
+        in_channels: int,
+        out_channels: int,
+        attention_to_mlp: bool = True,
+    ) -> None:
         super().__init__()
         self.spec, self.in_channels, self.out_channels = spec, in_channels, out_channels
+        self.attention_to_mlp = attention_to_mlp
         L, D = spec.num_blocks, spec.d_model
         self.mix = nn.ParameterDict(
             {
                 f"{feat}_{term}": nn.Parameter(torch.empty(L, out_channels, in_channels))
-                for feat, terms in self._MIXES.items()
-                for term in terms
+                for feat in self._MIXES
+                for term in self._terms(feat)
             }
         )
         fixed = {"q": (D + 1, D + 1), "k": (D + 1, D + 1), "v": (D + 1, D + 1), "o": (D, D), "bo": (D, D)}
         fixed |= {"a": (D + 1, D + 1), "b": (D, D), "bb": (D, D), "ab": (D + 1, D), "ba": (D + 1, D)}
         fixed |= {"bb_a": (D + 1, D)}
+        if attention_to_mlp:
+            fixed |= {"att_s": (D + 1,), "att_t": (D + 1,), "a_att": (D + 1, 2 * D + 1)}
+            fixed |= {"b_att": (D, 2 * D + 1), "bb_att": (D, 2 * D + 1)}
         self.fixed = nn.ParameterDict({k: nn.Parameter(torch.empty(L, *s)) for k, s in fixed.items()})
         self.bias = nn.ParameterDict(
             {
                 "bo": nn.Parameter(torch.empty(out_channels, L, D)),
+                "wa": nn.Parameter(torch.empty(out_channels, L)),
                 "ba": nn.Parameter(torch.empty(out_channels, L)),
+                "wb": nn.Parameter(torch.empty(out_channels, L, D)),
                 "bb": nn.Parameter(torch.empty(out_channels, L, D)),
             }
         )
@@ -114,12 +146,15 @@ class TransformerLinear(nn.Module):
 
     def reset_parameters(self) -> None:
         for name, p in self.mix.items():
-            std = 1.0 / math.sqrt(self.in_channels * len(self._MIXES[name.split("_")[0]]))
+            std = 1.0 / math.sqrt(self.in_channels * len(self._terms(name.split("_")[0])))
             nn.init.normal_(p, std=std)
         for p in self.fixed.values():
-            nn.init.normal_(p, std=1.0 / math.sqrt(p.shape[-2]))
+            nn.init.normal_(p, std=1.0 / math.sqrt(p.shape[1]))
         for p in self.bias.values():
             nn.init.zeros_(p)
+
+    def _terms(self, feat: str) -> tuple[str, ...]:
+        return tuple(t for t in self._MIXES[feat] if self.attention_to_mlp or t != "att")
 
     def _mix(self, name: str, x: Tensor) -> Tensor:
         """Channel mix ``x`` ``(B, C_in, L, ...)`` -> ``(B, C_out, L, ...)``."""
@@ -169,7 +204,6 @@ class TransformerLinear(nn.Module):
             + self._mix("a_pool", _mean(a, -1, keepdim=True))
             + torch.einsum("lij,bolaj->bolia", self.fixed["ab"], self._mix("a_from_b", ws.wb))
         )
-        ba = wa[..., -1, :] + self.bias["ba"][None, :, :, None]
         wb = (
             self._mix("b_own", ws.wb)
             + torch.einsum("bolai,lij->bolaj", self._mix("b_fixed", ws.wb), self.fixed["b"])
@@ -183,11 +217,19 @@ class TransformerLinear(nn.Module):
             + torch.einsum("boli,lij->bolj", self._mix("bb_pool_a", _mean(a, -1)), self.fixed["bb_a"])
             + self.bias["bb"]
         )
+        if self.attention_to_mlp:  # invariant summary of the attention, the same for every hidden neuron
+            att = attention_summary(s, t, self.fixed["att_s"], self.fixed["att_t"])  # (B, C, L, 2D+1)
+            u = {n: torch.einsum("lij,bolj->boli", self.fixed[f"{n}_att"], self._mix(f"{n}_att", att))
+                 for n in ("a", "b", "bb")}  # fmt: skip
+            wa, wb, bb = wa + u["a"][..., None], wb + u["b"][..., None, :], bb + u["bb"]
+        ba = wa[..., -1, :] + self.bias["ba"][None, :, :, None]
+        wa = wa[..., :-1, :] + self.bias["wa"][None, :, :, None, None]  # constant over rows and neurons
+        wb = wb + self.bias["wb"][None, :, :, None, :]  # a D-vector, the same for every hidden neuron
         return TransformerWeightSpace(
             wq=out["q"][..., :-1, :], bq=out["q"][..., -1, :],
             wk=out["k"][..., :-1, :], bk=out["k"][..., -1, :],
             wv=out["v"][..., :-1, :], bv=out["v"][..., -1, :],
-            wo=wo, bo=bo, wa=wa[..., :-1, :], ba=ba, wb=wb, bb=bb,
+            wo=wo, bo=bo, wa=wa, ba=ba, wb=wb, bb=bb,
             spec=self.spec, template=ws.template,
         )  # fmt: skip
 
@@ -259,6 +301,7 @@ class TransformerNFN(nn.Module):
         out_features: outputs per model.
         in_channels: channels of the input weight space.
         dense_pool: see :class:`TransformerInvariantPool`.
+        attention_to_mlp: see :class:`TransformerLinear`.
 
     Shapes:
         input: :class:`TransformerWeightSpace` with ``B`` models; output ``(B, out_features)``.
@@ -272,13 +315,14 @@ class TransformerNFN(nn.Module):
         out_features: int = 1,
         in_channels: int = 1,
         dense_pool: bool = False,
+        attention_to_mlp: bool = True,
     ) -> None:
         super().__init__()
         self.spec = spec
         channels = [in_channels, *hidden_channels]
         layers: list[nn.Module] = []
         for a, b in zip(channels[:-1], channels[1:], strict=True):
-            layers += [TransformerLinear(spec, a, b), TransformerReLU()]
+            layers += [TransformerLinear(spec, a, b, attention_to_mlp), TransformerReLU()]
         self.layers = nn.Sequential(*layers)
         self.pool = TransformerInvariantPool(spec, channels[-1], dense_pool)
         self.head = nn.Sequential(

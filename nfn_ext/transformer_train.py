@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--channels", type=int, nargs="+", default=[8])
     parser.add_argument("--head-hidden", type=int, default=64)
+    parser.add_argument(
+        "--attention-to-mlp", action="store_true", help="add the attention -> MLP terms to the layer"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--val-fraction", type=float, default=0.1, help="members held out for early stopping (0: none)"
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     predictor = AccuracyPredictor.fit(
         args.zoo, args.epochs, args.batch_size, args.lr, args.seed, args.val_fraction,
-        hidden_channels=args.channels, head_hidden=args.head_hidden,
+        hidden_channels=args.channels, head_hidden=args.head_hidden, attention_to_mlp=args.attention_to_mlp,
     )  # fmt: skip
     predictor.save(args.out)
     print(f"saved {args.out} ({time.perf_counter() - start:.0f} s)")

@@ -25,14 +25,17 @@ def _rel_diff(a: TransformerWeightSpace, b: TransformerWeightSpace) -> float:
         a.tensors.values(), b.tensors.values(), strict=True) if y.numel())  # fmt: skip
 
 
-@pytest.mark.parametrize("scale", [2.0, 1e2])
+@pytest.mark.parametrize(("scale", "tol"), [(2.0, 1e-9), (1e2, 1e-9), (1e3, 1e-7)])
 @pytest.mark.parametrize("family", ["small_vit", "bert", "torch_mha"])
-def test_linear_layer_is_equivariant(family, scale):
-    """layer(g.ws) == g.layer(ws), including ill-conditioned M, N (condition numbers up to 1e4)."""
+def test_linear_layer_is_equivariant(family, scale, tol):
+    """layer(g.ws) == g.layer(ws), including ill-conditioned M, N (condition numbers up to 1e6)."""
     ws = _space(family)
     layer = TransformerLinear(ws.spec, 2, 3).double()
+    with torch.no_grad():
+        for p in layer.bias.values():  # zero-initialised: exercise them
+            p.normal_()
     g = random_group_element(ws, scale_range=scale, generator=torch.Generator().manual_seed(1))
-    assert _rel_diff(layer(g.act(ws)), g.act(layer(ws))) < 1e-9
+    assert _rel_diff(layer(g.act(ws)), g.act(layer(ws))) < tol
     relu = TransformerReLU()
     assert _rel_diff(relu(g.act(ws)), g.act(relu(ws))) < 1e-12
 
@@ -89,6 +92,88 @@ def test_head_invariants_match_a_direct_evaluation():
             assert torch.allclose(s[0, 0, l, h, -1, -1], bq @ bk)
             assert torch.allclose(t[0, 0, l, h, :-1], ws.wv[0, 0, l, h] @ ws.wo[0, 0, l, h])
             assert torch.allclose(t[0, 0, l, h, -1], ws.bv[0, 0, l, h] @ ws.wo[0, 0, l, h])
+
+
+def test_attention_to_mlp_terms_match_a_direct_evaluation():
+    """Only the attention -> MLP terms on: W_A, b_A, W_B, b_B equal the formula evaluated head by head."""
+    ws = _space(channels=1, batch=2)
+    layer = TransformerLinear(ws.spec, 1, 1).double()
+    with torch.no_grad():
+        for name, p in layer.mix.items():
+            p.fill_(1.0 if name.endswith("_att") else 0.0)
+        for p in layer.bias.values():
+            p.zero_()
+    out = layer(ws)
+    with torch.no_grad():
+        for p in layer.bias.values():
+            p.normal_()
+    biased = layer(ws)
+    for j in range(ws.spec.d_mlp):  # biases: W_A a constant, W_B a D-vector, b_A one value per block
+        assert torch.allclose(biased.wa[:, 0, :, :, j] - out.wa[:, 0, :, :, j], layer.bias["wa"][0, :, None])
+        assert torch.allclose(biased.wb[:, 0, :, j] - out.wb[:, 0, :, j], layer.bias["wb"][0])
+        assert torch.allclose(biased.ba[:, 0, :, j] - out.ba[:, 0, :, j], layer.bias["ba"][0])
+    assert torch.allclose(biased.bb[:, 0] - out.bb[:, 0], layer.bias["bb"][0])
+    assert torch.allclose(biased.bo[:, 0] - out.bo[:, 0], layer.bias["bo"][0])
+    H, fx = ws.spec.num_heads, layer.fixed
+    for b in range(2):
+        for l in range(ws.spec.num_blocks):
+            zs, zt = 0.0, 0.0
+            for h in range(H):
+                q = torch.cat([ws.wq[b, 0, l, h], ws.bq[b, 0, l, h][None]])
+                k = torch.cat([ws.wk[b, 0, l, h], ws.bk[b, 0, l, h][None]])
+                v = torch.cat([ws.wv[b, 0, l, h], ws.bv[b, 0, l, h][None]])
+                zs = zs + fx["att_s"][l] @ (q @ k.T) / H
+                zt = zt + fx["att_t"][l] @ (v @ ws.wo[b, 0, l, h]) / H
+            z = torch.cat([zs, zt])
+            ua = fx["a_att"][l] @ z
+            for j in range(ws.spec.d_mlp):
+                assert torch.allclose(out.wa[b, 0, l, :, j], ua[:-1])
+                assert torch.allclose(out.ba[b, 0, l, j], ua[-1])
+                assert torch.allclose(out.wb[b, 0, l, j], fx["b_att"][l] @ z)
+            assert torch.allclose(out.bb[b, 0, l], fx["bb_att"][l] @ z)
+            assert out.wq[b, 0, l].abs().max() == 0 and out.bo[b, 0, l].abs().max() == 0
+
+
+def test_attention_to_mlp_off_drops_exactly_those_terms():
+    ws = _space(batch=2)
+    on, off = TransformerLinear(ws.spec, 2, 3).double(), TransformerLinear(ws.spec, 2, 3, False).double()
+    extra = set(on.state_dict()) - set(off.state_dict())
+    assert extra and all(name.endswith("att") or "att_" in name for name in extra)
+    on.load_state_dict(off.state_dict(), strict=False)
+    with torch.no_grad():
+        for name in ("a_att", "b_att", "bb_att"):
+            on.mix[name].zero_()
+    assert _rel_diff(on(ws), off(ws)) == 0
+    on.reset_parameters()
+    assert _rel_diff(on(ws), off(ws)) > 1e-3
+
+
+def test_every_parameter_moves_in_training():
+    """A few Adam steps on a regression target: every parameter tensor gets a nonzero gradient and moves, and
+    every entry of every term of the equivariant layer moves (no dead term, no detached path). Entries behind
+    a ReLU (the biases of ``b_O``, hidden units of the MLP head) may be dead for all 8 inputs, so only whole
+    tensors are required to move there."""
+    ws = _space(channels=1, batch=8)
+    target = torch.randn(8, 1, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    torch.manual_seed(0)
+    model = TransformerNFN(ws.spec, hidden_channels=(3,), head_hidden=16).double()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(5):
+        opt.zero_grad()
+        (model(ws) - target).square().mean().backward()
+        if step == 0:
+            for name, p in model.named_parameters():
+                assert p.grad is not None and p.grad.abs().max() > 0, f"{name}: zero gradient"
+        opt.step()
+    terms = 0
+    for name, p in model.named_parameters():
+        moved = p.detach() != before[name]
+        assert moved.any(), f"{name} did not move"
+        if ".mix." in name or ".fixed." in name:
+            terms += 1
+            assert moved.all(), f"{name}: {(~moved).sum()} entries did not move"
+    assert terms == len(model.layers[0].mix) + len(model.layers[0].fixed)
 
 
 def test_pool_size_and_a_bare_attention_layer():
