@@ -20,6 +20,17 @@ from torch import Tensor
 LOSSES = ("huber", "hampel")
 HAMPEL_QUANTILES = (0.5, 0.75, 0.95)
 WEIGHT_FLOOR = 1e-6
+MASKED_AT = -1e4
+"""Additive mask values at or below this count as masked (``finfo.min`` masks included): ``exp`` of such a
+logit offset underflows to 0 in every float dtype, so SDPA gives those keys zero weight too."""
+SPREAD_TOL = 1e-5
+"""Resolution of KIRWLS's squared residuals (``0 <= r^2 <= 2`` with a unit Gram diagonal), well above their
+float32 rounding: squared residuals below it count as ``SPREAD_TOL``, and a batch-head row whose squared
+residuals span at most this much gets uniform (KDE) weights, as a decision between its keys would be noise."""
+THRESHOLD_GAP = 1e-4
+"""Smallest gap between data-driven Hampel thresholds, ``b >= a + gap``, ``c >= b + gap`` (residual units):
+when most keys are equally isolated (Gram close to the identity), the percentiles coincide up to rounding, and
+the descending branch's slope ``a / ((c - b) r)`` would turn that rounding into weights between 0 and 1."""
 
 
 def additive_mask(attn_mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
@@ -30,12 +41,17 @@ def additive_mask(attn_mask: Tensor | None, dtype: torch.dtype) -> Tensor | None
     return torch.where(attn_mask, zero, torch.full_like(zero, float("-inf")))
 
 
+def allowed_pairs(attn_mask: Tensor) -> Tensor:
+    """Query-key pairs a mask allows, bool of the mask's shape: True entries of a boolean mask, additive
+    entries above ``MASKED_AT`` (so ``-inf`` and ``finfo.min`` padding are both masked)."""
+    return attn_mask if attn_mask.dtype == torch.bool else attn_mask > MASKED_AT
+
+
 def valid_keys(attn_mask: Tensor | None, batch: int, heads: int, tokens: int, device: torch.device) -> Tensor:
     """Keys that at least one query may attend to, ``[B, H, N]`` bool (SDPA broadcasting of the mask)."""
     if attn_mask is None:
         return torch.ones(batch, heads, tokens, dtype=torch.bool, device=device)
-    allowed = attn_mask if attn_mask.dtype == torch.bool else attn_mask > float("-inf")
-    return torch.broadcast_to(allowed.any(dim=-2), (batch, heads, tokens))
+    return torch.broadcast_to(allowed_pairs(attn_mask).any(dim=-2), (batch, heads, tokens))
 
 
 def gaussian_gram(x: Tensor, bandwidth: float) -> Tensor:
@@ -49,39 +65,52 @@ def gaussian_gram(x: Tensor, bandwidth: float) -> Tensor:
 
 
 def key_value_grams(k: Tensor, v: Tensor, bandwidth: float) -> tuple[Tensor, Tensor]:
-    """Key Gram (unit-norm keys) and joint ``[k; v]`` Gram, both ``[B, H, N, N]`` in float32.
+    r"""Key Gram (unit-norm keys) and joint ``[k; v]`` Gram, both ``[B, H, N, N]``.
 
-    The joint Gram of concatenated features is the elementwise product of the key and value Grams, so the
-    pair costs two ``N x N x D`` matmuls (on features augmented so that the inner product is the scaled
-    negative squared distance, which saves separate ``N x N`` passes for the norms), one add and two ``exp``:
+    Computed in float32 (float64 for float64 inputs). Each Gram is the ``exp`` of a scaled negative squared
+    distance; the joint Gram of concatenated features is the elementwise product of the key and value Grams,
+    so the pair costs two ``N x N x D`` matmuls on features augmented so that the inner product is the
+    scaled negative squared distance, one add and two ``exp``:
 
     .. math::
-        \\log G^{k}_{jl} = \\tfrac{2}{\\sigma}(k_j^\\top k_l - 1),\\qquad
-        \\log G^{kv}_{jl} = \\log G^{k}_{jl} - \\tfrac{1}{\\sigma}\\lVert v_j - v_l \\rVert^2
+        \log G^{k}_{jl} = -\tfrac{1}{\sigma}\lVert k_j - k_l \rVert^2,\qquad
+        \log G^{kv}_{jl} = \log G^{k}_{jl} - \tfrac{1}{\sigma}\lVert v_j - v_l \rVert^2
+
+    Keys and values are centred per row first (distances do not change), which keeps the rounding of
+    :math:`\lVert x_j\rVert^2 + \lVert x_l\rVert^2 - 2x_j^\top x_l` at the scale of the distances;
+    log-Grams are clamped at 0 and the diagonal is exactly 1, so identical tokens give a Gram of exact ones.
     """
     *lead, n, _ = k.shape
+    dtype = torch.promote_types(k.dtype, torch.float32)
     scale = math.sqrt(2 / bandwidth)
-    k, v = k.float().reshape(-1, n, k.shape[-1]) * scale, v.float().reshape(-1, n, v.shape[-1]) * scale
-    ones = k.new_ones(k.shape[0], n, 1)
-    sq = v.pow(2).sum(-1, keepdim=True) / 2
-    log_k = torch.cat([k, ones], -1) @ torch.cat([k, ones * (-2 / bandwidth)], -1).transpose(-2, -1)
-    log_v = torch.cat([v, -sq, ones], -1) @ torch.cat([v, ones, -sq], -1).transpose(-2, -1)
-    log_kv = log_v.add_(log_k)
+
+    def log_gram(x: Tensor) -> Tensor:
+        x = x.to(dtype).reshape(-1, n, x.shape[-1])
+        x = (x - x.mean(-2, keepdim=True)) * scale
+        ones = x.new_ones(x.shape[0], n, 1)
+        sq = x.pow(2).sum(-1, keepdim=True) / 2
+        return torch.cat([x, -sq, ones], -1) @ torch.cat([x, ones, -sq], -1).transpose(-2, -1)
+
+    log_k = log_gram(k).clamp_max_(0)
+    log_kv = log_gram(v).clamp_max_(0).add_(log_k)
+    log_k.diagonal(dim1=-2, dim2=-1).zero_()
+    log_kv.diagonal(dim1=-2, dim2=-1).zero_()
     return log_k.exp_().reshape(*lead, n, n), log_kv.exp_().reshape(*lead, n, n)
 
 
 def psi_over_r(r: Tensor, loss: str, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
-    """Robust-loss weight :math:`\\psi(r)/r`.
+    r"""Robust-loss weight :math:`\psi(r)/r`, 1 wherever :math:`r \le a` (so also at :math:`r = a = 0`).
 
-    Huber: :math:`\\min(1, a/r)`. Hampel: 1 for :math:`r<a`, :math:`a/r` on :math:`[a,b)`,
-    :math:`a(c-r)/((c-b)r)` on :math:`[b,c)`, 0 beyond :math:`c`.
+    Huber: 1 for :math:`r \le a`, :math:`a/r` beyond. Hampel: 1 for :math:`r \le a`, :math:`a/r` on
+    :math:`(a, b]`, :math:`a(c-r)/((c-b)r)` on :math:`(b, c]`, 0 beyond :math:`c`.
     """
+    ones = torch.ones_like(r)
     safe_r = r.clamp_min(torch.finfo(r.dtype).tiny)
-    huber = torch.minimum(torch.ones_like(r), a / safe_r)
+    huber = torch.where(r <= a, ones, a / safe_r)
     if loss == "huber":
         return huber
-    descent = a * (c - r) / ((c - b).clamp_min(torch.finfo(r.dtype).eps) * safe_r)
-    return torch.where(r < b, huber, torch.where(r < c, descent, torch.zeros_like(r)))
+    descent = a * (c - r) / ((c - b).clamp_min(torch.finfo(r.dtype).tiny) * safe_r)
+    return torch.where(r <= b, huber, torch.where(r <= c, descent, torch.zeros_like(r)))
 
 
 def _normalise(u: Tensor, valid: Tensor) -> Tensor:
@@ -98,7 +127,8 @@ def _thresholds(r: Tensor, valid: Tensor, loss: str, threshold: float | tuple[fl
             return a, a, a
         qs = torch.tensor(HAMPEL_QUANTILES, dtype=r.dtype, device=r.device)
         a, b, c = torch.nanquantile(masked, qs, dim=-1, keepdim=True).unbind(0)
-        return a, b, c
+        b = torch.maximum(b, a + THRESHOLD_GAP)
+        return a, b, torch.maximum(c, b + THRESHOLD_GAP)
     a, b, c = (threshold, 2 * threshold, 3 * threshold) if isinstance(threshold, float | int) else threshold
     return tuple(torch.tensor(float(t), dtype=r.dtype, device=r.device) for t in (a, b, c))
 
@@ -110,19 +140,24 @@ def kirwls_weights(
         threshold: float | tuple[float, float, float] | None = None,
         valid: Tensor | None = None,
 ) -> Tensor:
-    """Robust-KDE weights by kernelised iteratively re-weighted least squares (Kim & Scott, 2012).
+    r"""Robust-KDE weights by kernelised iteratively re-weighted least squares (Kim & Scott, 2012).
 
-    Starting from :math:`w_j = 1/N`, each iteration computes the RKHS residuals
+    Starting from :math:`w_j = 1/N`, each iteration computes the RKHS residuals, in the cancellation-free
+    form on :math:`D = 1 - G` (exact zero diagonal) that sums terms of the residuals' own size,
 
     .. math::
-        r_j^2 = k(x_j, x_j) - 2 \\sum_l w_l G_{jl} + \\sum_{l,m} w_l w_m G_{lm}
+        r_j^2 = \lVert \phi_j - \textstyle\sum_l w_l \phi_l \rVert^2
+              = 2 \sum_l w_l D_{jl} - \sum_{l,m} w_l w_m D_{lm}
 
-    and sets :math:`w_j \\propto \\psi(r_j)/r_j`. ``threshold=None`` picks ``a`` (and Hampel's ``b, c``) as
-    the median (and 75th, 95th percentiles) of the first residuals per batch and head; a float ``a`` gives
-    Hampel ``(a, 2a, 3a)``.
+    and sets :math:`w_j \propto \psi(r_j)/r_j`. ``threshold=None`` picks ``a`` (and Hampel's ``b, c``) as
+    the median (and 75th, 95th percentiles, at least ``THRESHOLD_GAP`` apart) of the first residuals per
+    batch and head; a float ``a`` gives Hampel ``(a, 2a, 3a)``. Squared residuals are floored at
+    ``SPREAD_TOL``; rows whose squared residuals span at most ``SPREAD_TOL`` (identical tokens, or a Gram
+    close to the identity, where the residuals differ only by rounding), and rows where every key is past
+    Hampel's ``c``, get uniform weights.
 
     Args:
-        gram: Kernel Gram matrix with unit diagonal, ``[..., N, N]``.
+        gram: Kernel Gram matrix, ``[..., N, N]``; its diagonal is taken as exactly 1.
         iterations: Number of re-weighting steps; 0 returns the uniform (KDE) weights.
         loss: ``"huber"`` or ``"hampel"``.
         threshold: See above.
@@ -135,14 +170,24 @@ def kirwls_weights(
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if valid is None:
         valid = torch.ones(gram.shape[:-1], dtype=torch.bool, device=gram.device)
-    w = _normalise(torch.ones_like(gram[..., 0]), valid)
+    uniform = _normalise(torch.ones_like(gram[..., 0]), valid)
+    w = uniform
+    if iterations == 0:
+        return w
+    dist = 1 - gram
+    dist.diagonal(dim1=-2, dim2=-1).zero_()
     a = b = c = None
     for _ in range(iterations):
-        gw = (w.unsqueeze(-2) @ gram).squeeze(-2)  # = G w, G symmetric (row form is the faster bmm)
-        r = (1 - 2 * gw + (w * gw).sum(-1, keepdim=True)).clamp_min(0).sqrt()
+        dw = (w.unsqueeze(-2) @ dist).squeeze(-2)  # = D w, D symmetric (row form is the faster bmm)
+        r2 = (2 * dw - (w * dw).sum(-1, keepdim=True)).clamp_min(SPREAD_TOL)
+        spread = (r2.masked_fill(~valid, 0).amax(-1, keepdim=True)
+                  - r2.masked_fill(~valid, float("inf")).amin(-1, keepdim=True))
+        r = r2.sqrt()
         if a is None:
             a, b, c = _thresholds(r, valid, loss, threshold)
-        w = _normalise(psi_over_r(r, loss, a, b, c), valid)
+        u = psi_over_r(r, loss, a, b, c) * valid
+        degenerate = (spread <= SPREAD_TOL) | (u.sum(-1, keepdim=True) == 0)
+        w = torch.where(degenerate, uniform, _normalise(u, valid))
     return w
 
 
@@ -280,17 +325,17 @@ def mom_attention(
         dropout: Dropout applied to the attention probabilities.
     """
     logits = (q.float() @ k.float().transpose(-2, -1)) * (2 / bandwidth)
-    mask = additive_mask(attn_mask, logits.dtype)
-    if mask is not None:
-        logits = logits + mask
+    if attn_mask is not None:
+        allowed = allowed_pairs(attn_mask)
+        logits = logits.masked_fill(~allowed, float("-inf"))
     shift = logits.detach().amax(-1, keepdim=True).nan_to_num(0.0, posinf=0.0, neginf=0.0)
     density = torch.exp(logits - shift)
     one_hot = F.one_hot(blocks, num_blocks).to(density.dtype)
-    counts = (mask > float("-inf")).to(density.dtype) @ one_hot if mask is not None else one_hot.sum(0)
+    counts = allowed.to(density.dtype) @ one_hot if attn_mask is not None else one_hot.sum(0)
     means = (density.detach() @ one_hot) / counts
     median = means.float().nanmedian(-1).indices
     density = density * (blocks == median.unsqueeze(-1))
-    attn = density / density.sum(-1, keepdim=True)
+    attn = density / density.sum(-1, keepdim=True).clamp_min(torch.finfo(density.dtype).tiny)
     if dropout is not None:
         attn = dropout(attn)
     return attn.to(v.dtype) @ v
