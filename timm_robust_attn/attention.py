@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from .functional import (
     LOSSES,
+    SPKDE_TOL,
     block_assignment,
     kde_attention,
     key_value_grams,
@@ -192,17 +193,21 @@ class RKDEAttention(_WeightedKDEAttention):
 
 
 class SPKDEAttention(_WeightedKDEAttention):
-    """Scaled-and-projected KDE attention: simplex-constrained weights from a batched projected-gradient QP.
+    """Scaled-and-projected KDE attention: simplex-constrained weights, the solution of a batched QP.
 
     Same estimator as :class:`RKDEAttention`, with :math:`w^{kv}, w^{k}` from
-    :func:`~timm_robust_attn.functional.spkde_weights` (no gradient through the QP solution).
+    :func:`~timm_robust_attn.functional.spkde_weights` (restarted FISTA to a gradient-mapping tolerance,
+    then an exact active-set solve checked against the KKT conditions).
 
     Args:
         dim ... norm_layer: As :class:`timm.layers.Attention`.
         bandwidth: Kernel bandwidth; ``None`` uses :math:`\\sqrt{d_{head}}`.
         contamination: Assumed outlier fraction :math:`\\varepsilon \\in [0, 1)`;
             :math:`\\beta = 1/(1-\\varepsilon)`.
-        steps: Projected-gradient (FISTA) steps.
+        steps: Most projected-gradient (FISTA) steps before the exact active-set phase.
+        tol: FISTA stops once the L1 norm of every row's gradient mapping is at most ``tol``.
+        weight_grad: Back-propagate through the weights (through the exact KKT solve, i.e. the implicit
+            derivative of the optimum on its support); by default they are constants.
     """
 
     def __init__(
@@ -224,7 +229,9 @@ class SPKDEAttention(_WeightedKDEAttention):
             *,
             bandwidth: float | None = None,
             contamination: float = 0.1,
-            steps: int = 20,
+            steps: int = 1000,
+            tol: float = SPKDE_TOL,
+            weight_grad: bool = False,
     ) -> None:
         super().__init__(
             dim, num_heads, attn_head_dim, dim_out, qkv_bias, qk_norm, scale_norm, proj_bias, gated,
@@ -233,17 +240,22 @@ class SPKDEAttention(_WeightedKDEAttention):
             raise ValueError(f"contamination must be in [0, 1), got {contamination}")
         if not isinstance(steps, int) or steps < 0:
             raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+        if not tol > 0:
+            raise ValueError(f"tol must be a positive float, got {tol!r}")
         self.contamination = float(contamination)
         self.steps = steps
+        self.tol = float(tol)
+        self.weight_grad = weight_grad
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, contamination={self.contamination}, steps={self.steps}"
+        return (f"{super().extra_repr()}, contamination={self.contamination}, steps={self.steps}, "
+                f"tol={self.tol:g}, weight_grad={self.weight_grad}")
 
-    @torch.no_grad()
     def key_weights(self, k: Tensor, v: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-        gram_k, gram_kv = key_value_grams(k, v, self.bandwidth)
-        weight_num = spkde_weights(gram_kv, self.contamination, self.steps, valid)
-        weight_den = spkde_weights(gram_k, self.contamination, self.steps, valid)
+        with torch.set_grad_enabled(self.weight_grad and torch.is_grad_enabled()):
+            gram_k, gram_kv = key_value_grams(k, v, self.bandwidth)
+            weight_num = spkde_weights(gram_kv, self.contamination, self.steps, valid, self.tol)
+            weight_den = spkde_weights(gram_k, self.contamination, self.steps, valid, self.tol)
         return weight_num, weight_den
 
 
