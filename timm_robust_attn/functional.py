@@ -202,8 +202,8 @@ def project_simplex(x: Tensor) -> Tensor:
 
 
 SPKDE_TOL = 1e-3
-"""Default stopping tolerance of SPKDE's projected-gradient phase: the L1 norm of the gradient mapping
-``L (a - P(a - grad / L))``, below which the support is taken to the exact active-set solve."""
+"""Default stopping tolerance of SPKDE's fallback projected-gradient phase: the L1 norm of the gradient
+mapping ``L (a - P(a - grad / L))``."""
 
 
 def _spkde_objective_grad(a: Tensor, gram: Tensor, target: Tensor) -> Tensor:
@@ -211,21 +211,21 @@ def _spkde_objective_grad(a: Tensor, gram: Tensor, target: Tensor) -> Tensor:
 
 
 def _spkde_active_set(
-        gram: Tensor, a: Tensor, target: Tensor, valid: Tensor, rounds: int) -> tuple[Tensor, Tensor]:
-    r"""Exact simplex-QP solution on an active set, refined from the support of ``a`` (float64).
+        gram: Tensor, support: Tensor, target: Tensor, valid: Tensor, rounds: int) -> tuple[Tensor, Tensor]:
+    r"""Exact simplex-QP solution by a primal active-set method, in float64.
 
     Each round solves the KKT system :math:`G_{SS} a_S - \lambda \mathbf 1 = (G t)_S,\ \mathbf 1^\top a_S = 1`
     on the support :math:`S`, drops keys with :math:`a_j < 0` and adds valid keys off the support whose
-    gradient is below :math:`\lambda`. Returns the solution and, per row, whether it passed the KKT check
-    (primal feasible, dual feasible to ``1e-9`` relative, finite).
+    gradient is below :math:`\lambda` (a row that passed keeps its support, so re-solving it is a no-op).
+    Returns the solution and, per row, whether it passed the KKT check (primal feasible, dual feasible to
+    ``1e-9`` relative, finite, non-singular system).
     """
     n = gram.shape[-1]
+    dtype = gram.dtype
     gram, target = gram.double(), target.double()
-    support = valid & (a > 1e-7 * a.amax(-1, keepdim=True))
     eye = torch.eye(n, dtype=gram.dtype, device=gram.device)
     gram_target = (target.unsqueeze(-2) @ gram).squeeze(-2)
     zero = gram.new_zeros(*gram.shape[:-2], 1, 1)
-    solution, ok = a.double(), torch.zeros_like(valid[..., 0])
     for _ in range(rounds):
         on = support.to(gram.dtype)
         block = torch.where(support.unsqueeze(-1) & support.unsqueeze(-2), gram, eye)
@@ -241,7 +241,30 @@ def _spkde_active_set(
         if bool(ok.all()):
             break
         support = (support & ~negative) | violated
-    return solution.clamp_min(0).to(a.dtype), ok
+    return solution.clamp_min(0).to(dtype), ok
+
+
+def _spkde_fista(
+        gram: Tensor, target: Tensor, valid: Tensor, start: Tensor, steps: int, tol: float) -> Tensor:
+    """FISTA with gradient restart on the simplex, stopped at gradient-mapping L1 norm ``<= tol``."""
+    lipschitz = gram.sum(-1).amax(-1, keepdim=True).clamp_min(torch.finfo(gram.dtype).eps)
+    outside = torch.full_like(start, -1e9)
+    a = y = start
+    t = torch.ones_like(lipschitz)
+    for step in range(steps):
+        descent = y - _spkde_objective_grad(y, gram, target) / lipschitz
+        proposal = project_simplex(torch.where(valid, descent, outside))
+        restart = ((y - proposal) * (proposal - a)).sum(-1, keepdim=True) > 0
+        t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
+        momentum = torch.where(restart, 0.0, (t - 1) / t_next)
+        y = proposal + momentum * (proposal - a)
+        a, t = proposal, torch.where(restart, torch.ones_like(t), t_next)
+        if (step + 1) % 10 == 0:
+            mapped = project_simplex(
+                torch.where(valid, a - _spkde_objective_grad(a, gram, target) / lipschitz, outside))
+            if bool(((a - mapped).abs().sum(-1, keepdim=True) * lipschitz).amax() <= tol):
+                break
+    return a
 
 
 def spkde_weights(
@@ -250,7 +273,7 @@ def spkde_weights(
         steps: int,
         valid: Tensor | None = None,
         tol: float = SPKDE_TOL,
-        rounds: int = 5,
+        rounds: int = 10,
 ) -> Tensor:
     r"""Scaled-and-projected KDE weights: the solution of the simplex QP
 
@@ -258,21 +281,23 @@ def spkde_weights(
         \min_{a \in \Delta} \tfrac12 a^\top G a - \tfrac{\beta}{N} \mathbf 1^\top G a,
         \qquad \beta = 1/(1-\varepsilon)
 
-    Two phases, batched over the leading dimensions. (1) FISTA with gradient restart, step :math:`1/L`,
-    :math:`L = \max_j \sum_l G_{jl} \ge \lambda_{\max}(G)`, started at the KDE, stopped once every row's
-    gradient mapping :math:`\lVert L(a - P_\Delta(a - \nabla/L))\rVert_1 \le` ``tol`` (checked every 10
-    steps) or after ``steps``. (2) Up to ``rounds`` active-set rounds that solve the KKT system on the support
-    exactly in float64 (:func:`_spkde_active_set`); rows that pass the KKT check take that exact solution,
-    the others keep phase 1's iterate. Gradients, where enabled, flow through the exact solve (the implicit
-    derivative of the optimum on its support); the FISTA phase runs without them.
+    Batched over the leading dimensions. (1) An exact primal active-set method (:func:`_spkde_active_set`,
+    float64 KKT solves) started from the full support, at most ``rounds`` rounds; rows that pass the KKT
+    check are done (in practice all rows, in 2-5 rounds at ViT shapes). (2) Only if a row is left: FISTA
+    with gradient restart, step :math:`1/L`, :math:`L = \max_j \sum_l G_{jl} \ge \lambda_{\max}(G)`, from
+    the KDE, stopped once every row's gradient mapping :math:`\lVert L(a - P_\Delta(a - \nabla/L))\rVert_1
+    \le` ``tol`` (checked every 10 steps) or after ``steps``, then the active set again from its support;
+    rows still unverified (a singular Gram, as for identical tokens, where every simplex point is optimal)
+    keep the FISTA iterate. Gradients, where enabled, flow through the exact solve (the implicit derivative
+    of the optimum on its support), not through FISTA.
 
     Args:
         gram: Kernel Gram matrix, ``[..., N, N]``.
         contamination: Assumed outlier fraction :math:`\varepsilon \in [0, 1)`.
-        steps: Most projected-gradient steps of phase 1.
+        steps: Most projected-gradient steps of the fallback.
         valid: Keys taking part, ``[..., N]`` bool; others get weight 0.
-        tol: Gradient-mapping tolerance of phase 1 (``SPKDE_TOL``).
-        rounds: Most active-set rounds of phase 2 (0 returns phase 1's iterate).
+        tol: Gradient-mapping tolerance of the fallback (``SPKDE_TOL``).
+        rounds: Most active-set rounds per phase (0 skips the exact solve: FISTA only).
 
     Returns:
         Weights on the simplex over the valid keys, ``[..., N]``.
@@ -282,28 +307,17 @@ def spkde_weights(
     gram = gram * (valid.unsqueeze(-1) & valid.unsqueeze(-2))
     uniform = _normalise(torch.ones_like(gram[..., 0]), valid)
     target = uniform / (1 - contamination)
+    if rounds > 0:
+        exact, ok = _spkde_active_set(gram, valid, target, valid, rounds)
+        if bool(ok.all()):
+            return exact
     with torch.no_grad():
-        lipschitz = gram.sum(-1).amax(-1, keepdim=True).clamp_min(torch.finfo(gram.dtype).eps)
-        outside = torch.full_like(uniform, -1e9)
-        a = y = uniform
-        t = torch.ones_like(lipschitz)
-        for step in range(steps):
-            descent = y - _spkde_objective_grad(y, gram, target) / lipschitz
-            proposal = project_simplex(torch.where(valid, descent, outside))
-            restart = ((y - proposal) * (proposal - a)).sum(-1, keepdim=True) > 0
-            t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
-            momentum = torch.where(restart, 0.0, (t - 1) / t_next)
-            y = proposal + momentum * (proposal - a)
-            a, t = proposal, torch.where(restart, torch.ones_like(t), t_next)
-            if (step + 1) % 10 == 0:
-                mapped = project_simplex(torch.where(
-                    valid, a - _spkde_objective_grad(a, gram, target) / lipschitz, outside))
-                if bool(((a - mapped).abs().sum(-1, keepdim=True) * lipschitz).amax() <= tol):
-                    break
+        a = _spkde_fista(gram, target, valid, uniform, steps, tol)
     if rounds == 0:
         return a
-    exact, ok = _spkde_active_set(gram, a, target, valid, rounds)
-    return torch.where(ok.unsqueeze(-1), exact, a)
+    support = valid & (a > 1e-7 * a.amax(-1, keepdim=True))
+    polished, polished_ok = _spkde_active_set(gram, support, target, valid, rounds)
+    return torch.where(ok.unsqueeze(-1), exact, torch.where(polished_ok.unsqueeze(-1), polished, a))
 
 
 def kde_attention(
