@@ -105,7 +105,9 @@ def main() -> None:
     parser.add_argument("--attentions", nargs="+", choices=sorted(ATTENTIONS),
                         default=["softmax", "rkde-huber", "rkde-hampel", "spkde"])
     parser.add_argument("--seeds", nargs="+", type=int, default=list(range(10)))
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--eps", nargs="+", type=float, default=[0.02],
                         help="L-inf radii (pixels in [0, 1])")
     parser.add_argument("--iterations", type=int, default=10, help="PGD and APGD iterations")
@@ -124,15 +126,16 @@ def main() -> None:
     corrupted = digits_c(data[2], args.cache_dir / "digits_c.pt")
     results_path = args.cache_dir / "results.json"
     results: dict = json.loads(results_path.read_text()) if results_path.exists() else {}
-    settings = f"epochs={args.epochs} eps={args.eps} it={args.iterations} sq={args.square_queries} " \
-               f"n={args.attack_images}"
+    settings = (f"epochs={args.epochs} batch={args.batch_size} lr={args.lr:g} eps={args.eps} "
+                f"it={args.iterations} sq={args.square_queries} n={args.attack_images}")
     jobs = [(label, seed) for label in args.attentions for seed in args.seeds]
     for label, seed in tqdm(jobs, desc="models"):
         key = f"{settings} | {label} | {seed}"
         if key in results:
             continue
         name, options = ATTENTIONS[label]
-        config = TrainConfig(attn=name, attn_kwargs=options, patch_size=8, epochs=args.epochs, seed=seed)
+        config = TrainConfig(attn=name, attn_kwargs=options, patch_size=8, epochs=args.epochs,
+                             batch_size=args.batch_size, lr=args.lr, seed=seed)
         model = train_or_load(config, data, args.cache_dir)
         results[key] = measure(model, data, patches, corrupted, args, seed)
         results_path.write_text(json.dumps(results, indent=1))

@@ -21,7 +21,7 @@ from .functional import (
     block_assignment,
     kde_attention,
     key_value_grams,
-    kirwls_weights,
+    kirwls_weights_from_distances,
     mom_attention,
     spkde_weights,
     valid_keys,
@@ -186,9 +186,10 @@ class RKDEAttention(_WeightedKDEAttention):
             uniform = valid / valid.sum(-1, keepdim=True).clamp_min(1)
             return uniform, uniform
         with torch.set_grad_enabled(self.weight_grad and torch.is_grad_enabled()):
-            gram_k, gram_kv = key_value_grams(k, v, self.bandwidth)
-            weight_num = kirwls_weights(gram_kv, self.iterations, self.loss, self.threshold, valid)
-            weight_den = kirwls_weights(gram_k, self.iterations, self.loss, self.threshold, valid)
+            dist_k, dist_kv = key_value_grams(k, v, self.bandwidth, distances=True)
+            options = (self.iterations, self.loss, self.threshold, valid)
+            weight_num = kirwls_weights_from_distances(dist_kv, *options)
+            weight_den = kirwls_weights_from_distances(dist_k, *options)
         return weight_num, weight_den
 
 

@@ -64,8 +64,9 @@ def gaussian_gram(x: Tensor, bandwidth: float) -> Tensor:
     return torch.exp(-dist / bandwidth)
 
 
-def key_value_grams(k: Tensor, v: Tensor, bandwidth: float) -> tuple[Tensor, Tensor]:
-    r"""Key Gram (unit-norm keys) and joint ``[k; v]`` Gram, both ``[B, H, N, N]``.
+def key_value_grams(k: Tensor, v: Tensor, bandwidth: float, distances: bool = False) -> tuple[Tensor, Tensor]:
+    r"""Key Gram (unit-norm keys) and joint ``[k; v]`` Gram, both ``[B, H, N, N]``; with ``distances=True``
+    the kernel distances :math:`D = 1 - G` instead (formed in place: no extra ``N x N`` buffer).
 
     Computed in float32 (float64 for float64 inputs). Each Gram is the ``exp`` of a scaled negative squared
     distance; the joint Gram of concatenated features is the elementwise product of the key and value Grams,
@@ -78,7 +79,7 @@ def key_value_grams(k: Tensor, v: Tensor, bandwidth: float) -> tuple[Tensor, Ten
 
     Keys and values are centred per row first (distances do not change), which keeps the rounding of
     :math:`\lVert x_j\rVert^2 + \lVert x_l\rVert^2 - 2x_j^\top x_l` at the scale of the distances;
-    log-Grams are clamped at 0 and the diagonal is exactly 1, so identical tokens give a Gram of exact ones.
+    the diagonal is exactly 1, so identical tokens give a Gram of exact ones.
     """
     *lead, n, _ = k.shape
     dtype = torch.promote_types(k.dtype, torch.float32)
@@ -91,10 +92,15 @@ def key_value_grams(k: Tensor, v: Tensor, bandwidth: float) -> tuple[Tensor, Ten
         sq = x.pow(2).sum(-1, keepdim=True) / 2
         return torch.cat([x, -sq, ones], -1) @ torch.cat([x, ones, -sq], -1).transpose(-2, -1)
 
-    log_k = log_gram(k).clamp_max_(0)
-    log_kv = log_gram(v).clamp_max_(0).add_(log_k)
+    log_k = log_gram(k)
+    log_kv = log_gram(v).add_(log_k)
     log_k.diagonal(dim1=-2, dim2=-1).zero_()
     log_kv.diagonal(dim1=-2, dim2=-1).zero_()
+    if distances and log_k.requires_grad:
+        return 1 - log_k.exp().reshape(*lead, n, n), 1 - log_kv.exp().reshape(*lead, n, n)
+    if distances:
+        return (log_k.exp_().neg_().add_(1).reshape(*lead, n, n),
+                log_kv.exp_().neg_().add_(1).reshape(*lead, n, n))
     return log_k.exp_().reshape(*lead, n, n), log_kv.exp_().reshape(*lead, n, n)
 
 
@@ -166,16 +172,26 @@ def kirwls_weights(
     Returns:
         Weights on the simplex over the valid keys, ``[..., N]``.
     """
+    dist = 1 - gram
+    dist.diagonal(dim1=-2, dim2=-1).zero_()
+    return kirwls_weights_from_distances(dist, iterations, loss, threshold, valid)
+
+
+def kirwls_weights_from_distances(
+        dist: Tensor,
+        iterations: int,
+        loss: str = "huber",
+        threshold: float | tuple[float, float, float] | None = None,
+        valid: Tensor | None = None,
+) -> Tensor:
+    """:func:`kirwls_weights` on kernel distances ``D = 1 - G`` (zero diagonal), ``[..., N, N]``, as
+    :func:`key_value_grams` returns them with ``distances=True``: saves forming ``1 - G``."""
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if valid is None:
-        valid = torch.ones(gram.shape[:-1], dtype=torch.bool, device=gram.device)
-    uniform = _normalise(torch.ones_like(gram[..., 0]), valid)
+        valid = torch.ones(dist.shape[:-1], dtype=torch.bool, device=dist.device)
+    uniform = _normalise(torch.ones_like(dist[..., 0]), valid)
     w = uniform
-    if iterations == 0:
-        return w
-    dist = 1 - gram
-    dist.diagonal(dim1=-2, dim2=-1).zero_()
     a = b = c = None
     for _ in range(iterations):
         dw = (w.unsqueeze(-2) @ dist).squeeze(-2)  # = D w, D symmetric (row form is the faster bmm)

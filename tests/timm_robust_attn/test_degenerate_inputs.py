@@ -61,7 +61,6 @@ def test_gram_diagonal_is_exactly_one():
     v = torch.randn(3, 2, 20, 16) * 30
     for gram in key_value_grams(k, v, 4.0):
         assert torch.equal(gram.diagonal(dim1=-2, dim2=-1), torch.ones(3, 2, 20))
-        assert gram.max() <= 1
 
 
 @pytest.mark.parametrize("loss", ["huber", "hampel"])
