@@ -17,8 +17,8 @@ difference (attention - softmax, same seed) with its 95 % t-interval.
 
     python -m benchmarks.timm_robust_attn_robustness [--attentions softmax rkde-huber] [--seeds 0 1 ... 9]
 
-Models are trained and evaluated attention by attention (all seeds of one, then the next), so a run cut short
-still leaves complete paired tables for the attentions it finished (rerun with those ``--attentions``).
+Models are trained and evaluated seed by seed (every attention of one seed, then the next), so a run cut short
+leaves complete pairs for the seeds it finished (rerun with those ``--seeds`` to print their tables).
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def main() -> None:
     results: dict = json.loads(results_path.read_text()) if results_path.exists() else {}
     settings = (f"epochs={args.epochs} batch={args.batch_size} lr={args.lr:g} eps={args.eps} "
                 f"it={args.iterations} sq={args.square_queries} n={args.attack_images}")
-    jobs = [(label, seed) for label in args.attentions for seed in args.seeds]
+    jobs = [(label, seed) for seed in args.seeds for label in args.attentions]
     for label, seed in tqdm(jobs, desc="models"):
         key = f"{settings} | {label} | {seed}"
         if key in results:
