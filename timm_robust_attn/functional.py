@@ -99,9 +99,8 @@ def key_value_grams(k: Tensor, v: Tensor, bandwidth: float, distances: bool = Fa
     if distances and log_k.requires_grad:
         return 1 - log_k.exp().reshape(*lead, n, n), 1 - log_kv.exp().reshape(*lead, n, n)
     if distances:
-        one = log_k.new_ones(())
-        return (torch.sub(one, log_k.exp_(), out=log_k).reshape(*lead, n, n),
-                torch.sub(one, log_kv.exp_(), out=log_kv).reshape(*lead, n, n))
+        return (log_k.exp_().neg_().add_(1).reshape(*lead, n, n),
+                log_kv.exp_().neg_().add_(1).reshape(*lead, n, n))
     return log_k.exp_().reshape(*lead, n, n), log_kv.exp_().reshape(*lead, n, n)
 
 
