@@ -2,8 +2,9 @@
 
 ViT-Tiny (dim 192, 3 heads) and ViT-Small (dim 384, 6 heads) shapes, 197 tokens, batch 8; forward (eval,
 no grad) and forward+backward (train). Every variant shares the baseline's weights and is measured in the
-same run, interleaved round by round; the table gives the best time of ``--repeats`` rounds (robust to other
-load on a shared machine) and ratios to the baseline.
+same run, interleaved round by round; the table gives the best time of ``--repeats`` rounds (on CPU the
+process's CPU time, robust to other load on a shared machine) and ratios to the baseline. Then a whole
+training step of timm's ``vit_tiny_patch16_224`` / ``vit_small_patch16_224`` with softmax and with RKDE.
 Memory: peak allocated bytes on CUDA; on CPU the bytes saved for backward (activation memory of training).
 
     python benchmarks/timm_robust_attn_speed.py [--device cuda] [--repeats 10]
@@ -15,6 +16,7 @@ import argparse
 import time
 from collections.abc import Callable
 
+import timm
 import torch
 from timm.layers import Attention
 
@@ -27,7 +29,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "rkde huber, 1 iter": ("rkde", {"iterations": 1}),
     "rkde hampel, 2 iter": ("rkde", {"loss": "hampel", "iterations": 2}),
     "rkde huber, 1 iter, grad through w": ("rkde", {"iterations": 1, "weight_grad": True}),
-    "spkde, 20 steps": ("spkde", {"steps": 20}),
+    "spkde (exact active set)": ("spkde", {}),
     "mom, 10 blocks": ("mom", {"num_blocks": 10}),
 }
 
@@ -54,13 +56,45 @@ def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds of ``fn``: wall clock on CUDA; on CPU this process's CPU time (one thread), which other jobs
+    on a shared machine inflate far less than the wall clock."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    start = time.perf_counter()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+    start = time.process_time()
     fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    return time.process_time() - start
+
+
+def bench_vit_step(model_name: str, args: argparse.Namespace, device: torch.device,
+                   ) -> list[tuple[str, float]]:
+    """Best time of a whole training step (forward, cross-entropy, backward, AdamW step) of a timm ViT with
+    softmax and with one-iteration RKDE attention, same weights, interleaved round by round."""
+    torch.manual_seed(0)
+    models = {"softmax (timm fused)": timm.create_model(model_name, num_classes=10).to(device)}
+    models["rkde huber, 1 iter"] = timm.create_model(model_name, num_classes=10, attn_layer="rkde").to(device)
+    models["rkde huber, 1 iter"].load_state_dict(models["softmax (timm fused)"].state_dict())
+    optimizers = {label: torch.optim.AdamW(model.parameters(), lr=1e-5) for label, model in models.items()}
+    x = torch.randn(args.vit_batch, 3, 224, 224, device=device)
+    y = torch.randint(10, (args.vit_batch,), device=device)
+
+    def step(label: str) -> None:
+        models[label].train()
+        loss = torch.nn.functional.cross_entropy(models[label](x), y)
+        optimizers[label].zero_grad(set_to_none=True)
+        loss.backward()
+        optimizers[label].step()
+
+    for label in models:
+        step(label)
+    times: dict[str, list[float]] = {label: [] for label in models}
+    for _ in range(args.vit_repeats):
+        for label in models:
+            times[label].append(timed(lambda label=label: step(label), device))
+    return [(label, min(values)) for label, values in times.items()]
 
 
 def bench_shape(dim: int, heads: int, args: argparse.Namespace, device: torch.device) -> list[tuple]:
@@ -115,13 +149,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=list(SHAPES))
+    parser.add_argument("--vit-batch", type=int, default=8, help="batch of the whole-ViT training step")
+    parser.add_argument("--vit-repeats", type=int, default=5, help="timed rounds of the ViT step (0 skips)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
     memory_label = "peak CUDA MiB (fwd+bwd)" if device.type == "cuda" else "saved-for-backward MiB"
+    clock = "wall clock" if device.type == "cuda" else "process CPU time"
     print(f"\ndevice {device}, {args.threads} thread(s), batch {args.batch}, {args.tokens} tokens, "
-          f"best of {args.repeats}\n")
+          f"best of {args.repeats}, {clock}\n")
     print("| shape | attention | fwd ms | fwd ratio | fwd+bwd ms | fwd+bwd ratio | "
           f"{memory_label} | mem ratio |")
     print("|---|---|---|---|---|---|---|---|")
@@ -132,6 +169,17 @@ def main() -> None:
             print(f"| {shape} | {label} | {1e3 * fwd:.2f} | {fwd / base_fwd:.2f}x | {1e3 * train:.2f} | "
                   f"{train / base_train:.2f}x | {memory / 2**20:.1f} | {memory / base_mem:.2f}x |",
                   flush=True)
+
+    if args.vit_repeats:
+        print(f"\nWhole ViT training step (224x224, 197 tokens, batch {args.vit_batch}, AdamW), best of "
+              f"{args.vit_repeats}\n")
+        print("| model | attention | step ms | ratio |")
+        print("|---|---|---|---|")
+        for shape in args.shapes:
+            rows = bench_vit_step(f"{shape}_patch16_224", args, device)
+            for label, seconds in rows:
+                ratio = seconds / rows[0][1]
+                print(f"| {shape} | {label} | {1e3 * seconds:.0f} | {ratio:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Tour of timm_robust_attn: KIRWLS weights, timm registry and conversion, robustness on digits.
 
-Run with ``python -m demo --only timm_robust_attn`` (about a minute on two idle cores). The two small ViTs are
-cached under ``runs/timm_robust_attn`` (shared with the robustness benchmark), so a second
-run only evaluates.
+Run with ``python -m demo --only timm_robust_attn`` (about a minute on two idle cores; the corruption and the
+attack come from ``imagecorruptions`` and the Adversarial Robustness Toolbox, installed by the ``bench``
+extra). The two small ViTs are cached under ``runs/timm_robust_attn``, so a second run only evaluates.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import timm_robust_attn
 from timm_robust_attn import convert_attention, kirwls_weights
 from timm_robust_attn.robustness import (
     TrainConfig,
+    adversarial_accuracy,
+    corrupt_images,
     digits_dataset,
     evaluate,
-    fgsm,
-    gaussian_noise,
     replace_patches,
     train_or_load,
 )
@@ -63,15 +63,16 @@ def show_digits_robustness() -> None:
     generator = torch.Generator().manual_seed(0)
     x_test, y_test = data[2], data[3]
     patches = replace_patches(x_test, 0.25, 8, generator)
-    noisy = gaussian_noise(x_test, 0.15, generator)
+    noisy = corrupt_images(x_test, "gaussian_noise", severity=3)
     print(f"  digits: {len(data[1])} train / {len(y_test)} test images, upscaled to 32x32, patch 8")
-    print("  | attention | clean | 25% patches replaced | noise 0.15 | FGSM 0.03 |")
+    print("  | attention | clean | 25% patches replaced | ImageNet-C gaussian noise, severity 3 "
+          "| ART PGD-10 0.02 (first 100 images) |")
     print("  |---|---|---|---|---|")
     for label, attn, options in (("softmax", "attn", {}), ("rkde huber", "rkde", {"loss": "huber"})):
         start = time.perf_counter()
         config = TrainConfig(attn=attn, attn_kwargs=options, patch_size=8, epochs=20)
         model = train_or_load(config, data, CACHE)
-        attack = evaluate(model, x_test, y_test, lambda m, x, y: fgsm(m, x, y, 0.03))
+        attack = adversarial_accuracy(model, x_test[:100], y_test[:100], "pgd", eps=0.02, iterations=10)
         row = [evaluate(model, x, y_test) for x in (x_test, patches, noisy)] + [attack]
         cells = " | ".join(f"{a:.1f}" for a in row)
         print(f"  | {label} | {cells} |   ({time.perf_counter() - start:.0f}s)")

@@ -15,10 +15,11 @@ from torch import Tensor, nn
 
 from .functional import (
     LOSSES,
+    SPKDE_TOL,
     block_assignment,
     kde_attention,
     key_value_grams,
-    kirwls_weights,
+    kirwls_weights_from_distances,
     mom_attention_map,
     spkde_weights,
     valid_keys,
@@ -31,7 +32,7 @@ __all__ = ["KDEAttention", "RKDEAttention", "SPKDEAttention", "MoMAttention"]
 # Data-dependent steps (iterative solvers, shape checks, median choices, branches on the mask) are leaves for
 # torch.fx, as timm does for its own mask helpers: torch.fx.wrap for plain symbolic tracing, timm's registry
 # for timm's and torchvision's feature extractors.
-for _name in ("key_value_grams", "kirwls_weights", "spkde_weights"):
+for _name in ("key_value_grams", "kirwls_weights_from_distances", "spkde_weights"):
     torch.fx.wrap(_name)
     register_notrace_function(globals()[_name])
 del _name
@@ -226,24 +227,28 @@ class RKDEAttention(_WeightedKDEAttention):
             return uniform, uniform
         if not self.weight_grad:  # constants in the backward pass: no graph is recorded for them
             k, v = k.detach(), v.detach()
-        gram_k, gram_kv = key_value_grams(k, v, self.bandwidth)
-        weight_num = kirwls_weights(gram_kv, self.iterations, self.loss, self.threshold, valid)
-        weight_den = kirwls_weights(gram_k, self.iterations, self.loss, self.threshold, valid)
+        dist_k, dist_kv = key_value_grams(k, v, self.bandwidth, True)
+        weight_num = kirwls_weights_from_distances(dist_kv, self.iterations, self.loss, self.threshold, valid)
+        weight_den = kirwls_weights_from_distances(dist_k, self.iterations, self.loss, self.threshold, valid)
         return weight_num, weight_den
 
 
 class SPKDEAttention(_WeightedKDEAttention):
-    """Scaled-and-projected KDE attention: simplex-constrained weights from a batched projected-gradient QP.
+    """Scaled-and-projected KDE attention: simplex-constrained weights, the solution of a batched QP.
 
     Same estimator as :class:`RKDEAttention`, with :math:`w^{kv}, w^{k}` from
-    :func:`~timm_robust_attn.functional.spkde_weights` (no gradient through the QP solution).
+    :func:`~timm_robust_attn.functional.spkde_weights` (restarted FISTA to a gradient-mapping tolerance,
+    then an exact active-set solve checked against the KKT conditions).
 
     Args:
         dim ... norm_layer: As :class:`timm.layers.Attention`.
         bandwidth: Kernel bandwidth; ``None`` uses :math:`\\sqrt{d_{head}}`.
         contamination: Assumed outlier fraction :math:`\\varepsilon \\in [0, 1)`;
             :math:`\\beta = 1/(1-\\varepsilon)`.
-        steps: Projected-gradient (FISTA) steps.
+        steps: Most projected-gradient (FISTA) steps before the exact active-set phase.
+        tol: FISTA stops once the L1 norm of every row's gradient mapping is at most ``tol``.
+        weight_grad: Back-propagate through the weights (through the exact KKT solve, i.e. the implicit
+            derivative of the optimum on its support); by default they are constants.
     """
 
     def __init__(
@@ -265,7 +270,9 @@ class SPKDEAttention(_WeightedKDEAttention):
             *,
             bandwidth: float | None = None,
             contamination: float = 0.1,
-            steps: int = 20,
+            steps: int = 1000,
+            tol: float = SPKDE_TOL,
+            weight_grad: bool = False,
     ) -> None:
         super().__init__(
             dim, num_heads=num_heads, attn_head_dim=attn_head_dim, dim_out=dim_out, qkv_bias=qkv_bias,
@@ -275,16 +282,23 @@ class SPKDEAttention(_WeightedKDEAttention):
             raise ValueError(f"contamination must be in [0, 1), got {contamination}")
         if not isinstance(steps, int) or steps < 0:
             raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+        if not tol > 0:
+            raise ValueError(f"tol must be a positive float, got {tol!r}")
         self.contamination = float(contamination)
         self.steps = steps
+        self.tol = float(tol)
+        self.weight_grad = weight_grad
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, contamination={self.contamination}, steps={self.steps}"
+        return (f"{super().extra_repr()}, contamination={self.contamination}, steps={self.steps}, "
+                f"tol={self.tol:g}, weight_grad={self.weight_grad}")
 
     def key_weights(self, k: Tensor, v: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-        gram_k, gram_kv = key_value_grams(k.detach(), v.detach(), self.bandwidth)
-        weight_num = spkde_weights(gram_kv, self.contamination, self.steps, valid)
-        weight_den = spkde_weights(gram_k, self.contamination, self.steps, valid)
+        if not self.weight_grad:  # constants in the backward pass: no graph is recorded for them
+            k, v = k.detach(), v.detach()
+        gram_k, gram_kv = key_value_grams(k, v, self.bandwidth)
+        weight_num = spkde_weights(gram_kv, self.contamination, self.steps, valid, self.tol)
+        weight_den = spkde_weights(gram_k, self.contamination, self.steps, valid, self.tol)
         return weight_num, weight_den
 
 

@@ -1,4 +1,5 @@
-"""Small-ViT robustness study on scikit-learn's digits: data, training, contamination and L-inf attacks.
+"""Small-ViT robustness study on scikit-learn's digits: data, training, corruptions (``imagecorruptions``) and
+L-inf attacks (the Adversarial Robustness Toolbox); both libraries come with the ``bench`` extra.
 
 Used by ``demo/timm_robust_attn.py`` and ``benchmarks/timm_robust_attn_robustness.py``. Images are the 8x8
 digits upscaled (bilinear) to ``size x size`` in ``[0, 1]``, one channel; the split is fixed by ``seed``.
@@ -8,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,15 +24,17 @@ from tqdm.auto import tqdm
 from .registry import attention_class
 
 __all__ = [
+    "ATTACKS",
     "TrainConfig",
+    "adversarial_accuracy",
+    "corrupt_images",
+    "digits_c",
     "digits_dataset",
     "evaluate",
-    "fgsm",
-    "gaussian_noise",
-    "pgd",
     "replace_patches",
     "small_vit",
     "train_or_load",
+    "weight_gradients",
 ]
 
 
@@ -142,30 +146,94 @@ def replace_patches(x: Tensor, fraction: float, patch: int, generator: torch.Gen
     return torch.where(chosen, torch.rand(x.shape, generator=generator), x)
 
 
-def gaussian_noise(x: Tensor, std: float, generator: torch.Generator) -> Tensor:
-    """Add i.i.d. Gaussian noise and clip to ``[0, 1]``."""
-    return (x + std * torch.randn(x.shape, generator=generator)).clamp(0, 1)
+@contextmanager
+def weight_gradients(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
+    """Within the block, attentions with robust weights (RKDE's KIRWLS, SPKDE's QP) back-propagate through
+    them (``weight_grad=True``), so that white-box attacks see the whole function; restored on exit."""
+    modules = [m for m in model.modules() if hasattr(m, "weight_grad")]
+    before = [m.weight_grad for m in modules]
+    for m in modules:
+        m.weight_grad = enabled
+    try:
+        yield model
+    finally:
+        for m, flag in zip(modules, before, strict=True):
+            m.weight_grad = flag
 
 
-def _input_grad(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    x = x.detach().requires_grad_()
-    with torch.enable_grad():
-        loss = F.cross_entropy(model(x), y)
-        (grad,) = torch.autograd.grad(loss, x)
-    return grad
+ATTACKS = ("pgd", "apgd", "square")
 
 
-def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> Tensor:
-    """Fast gradient sign attack :math:`x + \\epsilon\\,\\mathrm{sign}(\\nabla_x \\ell)`, clipped to 0..1."""
-    return (x + eps * _input_grad(model, x, y).sign()).clamp(0, 1).detach()
+def adversarial_accuracy(
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        attack: str,
+        eps: float,
+        iterations: int,
+        seed: int = 0,
+        batch_size: int = 256,
+) -> float:
+    """Top-1 accuracy (%) under an L-inf attack from the Adversarial Robustness Toolbox (ART).
+
+    ``"pgd"``: ``ProjectedGradientDescent`` (step ``eps / 4``, no random start); ``"apgd"``:
+    ``AutoProjectedGradientDescent`` (cross-entropy, one random start); ``"square"``: the gradient-free
+    ``SquareAttack`` with ``iterations`` queries. The model is wrapped in ART's ``PyTorchClassifier`` (pixels
+    in ``[0, 1]``); gradient attacks run inside :func:`weight_gradients`, so they differentiate through the
+    robust weights. ART draws its random starts from NumPy's global generator, seeded with ``seed``.
+    """
+    import numpy as np
+    from art.attacks.evasion import AutoProjectedGradientDescent, ProjectedGradientDescent, SquareAttack
+    from art.estimators.classification import PyTorchClassifier
+
+    if attack not in ATTACKS:
+        raise ValueError(f"attack must be one of {ATTACKS}, got {attack!r}")
+    model.eval()
+    classifier = PyTorchClassifier(
+        model, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]), nb_classes=10,
+        clip_values=(0.0, 1.0), device_type="gpu" if x.is_cuda else "cpu")
+    if attack == "pgd":
+        runner = ProjectedGradientDescent(classifier, eps=eps, eps_step=eps / 4, max_iter=iterations,
+                                          num_random_init=0, batch_size=batch_size, verbose=False)
+    elif attack == "apgd":
+        runner = AutoProjectedGradientDescent(classifier, eps=eps, eps_step=eps / 4, max_iter=iterations,
+                                              nb_random_init=1, batch_size=batch_size,
+                                              loss_type="cross_entropy", verbose=False)
+    else:
+        runner = SquareAttack(classifier, eps=eps, max_iter=iterations, nb_restarts=1, batch_size=batch_size,
+                              verbose=False)
+    np.random.seed(seed)
+    with weight_gradients(model, attack != "square"):
+        adversarial = runner.generate(x=x.cpu().numpy(), y=y.cpu().numpy())
+    return evaluate(model, torch.from_numpy(adversarial).to(x.device), y, batch_size=batch_size)
 
 
-def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int = 10, step_size: float | None = None,
-        ) -> Tensor:
-    """L-inf projected gradient descent from ``x`` (no random start), step ``2.5 eps / steps`` by default."""
-    step_size = step_size if step_size is not None else 2.5 * eps / steps
-    adv = x.clone()
-    for _ in range(steps):
-        adv = adv + step_size * _input_grad(model, adv, y).sign()
-        adv = torch.minimum(torch.maximum(adv, x - eps), x + eps).clamp(0, 1).detach()
-    return adv
+def corrupt_images(x: Tensor, corruption: str, severity: int, seed: int = 0) -> Tensor:
+    """One ImageNet-C corruption (``imagecorruptions``) of 1-channel images in ``[0, 1]``, ``[n, 1, H, W]``.
+
+    Images go through the library as 8-bit RGB (the gray level copied to three channels) and come back as the
+    channel mean; the library's NumPy randomness is seeded with ``seed``.
+    """
+    import numpy as np
+    from imagecorruptions import corrupt
+
+    np.random.seed(seed)
+    gray = (x[:, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    out = [np.asarray(corrupt(np.repeat(img[..., None], 3, -1), corruption_name=corruption,
+                              severity=severity), dtype=np.float32).mean(-1) for img in gray]
+    return torch.from_numpy(np.stack(out) / 255.0).unsqueeze(1).clamp(0, 1).float()
+
+
+def digits_c(x: Tensor, cache: Path | None = None, progress: bool = True) -> dict[tuple[str, int], Tensor]:
+    """"Digits-C": the 15 ImageNet-C corruptions x 5 severities of ``x``, cached in ``cache`` (``.pt``)."""
+    from imagecorruptions import get_corruption_names
+
+    if cache is not None and cache.exists():
+        return torch.load(cache, weights_only=True)
+    keys = [(name, severity) for name in get_corruption_names() for severity in range(1, 6)]
+    table = {key: corrupt_images(x, *key, seed=i) for i, key in enumerate(
+        tqdm(keys, desc="digits-C", disable=not progress, leave=False))}
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(table, cache)
+    return table

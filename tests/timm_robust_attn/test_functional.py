@@ -14,6 +14,7 @@ from timm_robust_attn.functional import (
     kirwls_weights,
     mom_attention,
     project_simplex,
+    psi_over_r,
     spkde_weights,
     weighted_kde_attention,
 )
@@ -172,3 +173,68 @@ def test_mom_attends_within_each_querys_median_block():
 def test_block_assignment_rejects_more_blocks_than_tokens():
     with pytest.raises(ValueError, match="between 1 and the number of tokens"):
         block_assignment(4, 5, torch.device("cpu"), shuffle=False)
+
+
+def hampel_formula(r: float, a: float, b: float, c: float) -> float:
+    """Hampel's psi(r)/r written out branch by branch."""
+    if r <= a:
+        return 1.0
+    if r <= b:
+        return a / r
+    if r <= c:
+        return a * (c - r) / ((c - b) * r)
+    return 0.0
+
+
+def test_hampel_psi_over_r_matches_its_formula_pointwise():
+    a, b, c = 0.5, 1.0, 2.0
+    grid = torch.cat([torch.linspace(0, 3, 61), torch.tensor([a, b, c, 0.75, 1.5, 2.5])]).double()
+    thresholds = [torch.tensor(t, dtype=torch.double) for t in (a, b, c)]
+    out = psi_over_r(grid, "hampel", *thresholds)
+    expected = torch.tensor([hampel_formula(float(r), a, b, c) for r in grid], dtype=torch.double)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    huber = psi_over_r(grid, "huber", *thresholds)
+    torch.testing.assert_close(huber, torch.tensor([min(1.0, a / float(r)) if r > 0 else 1.0 for r in grid],
+                                                   dtype=torch.double), rtol=1e-12, atol=1e-12)
+
+
+def mom_reference(q, k, v, blocks, num_blocks, bandwidth, allowed):
+    """Loop reference: per query, block means of k(q_i, k_j) over allowed keys only (blocks without an allowed
+    key left out), the lower-median block, Nadaraya-Watson over its allowed keys."""
+    q, k, v = q.double(), k.double(), v.double()
+    kern = torch.exp(-torch.cdist(q, k).pow(2) / bandwidth)
+    out = torch.zeros_like(q)
+    chosen = torch.zeros(q.shape[:-1], dtype=torch.long)
+    B, H, N, _ = q.shape
+    for bi in range(B):
+        for h in range(H):
+            for i in range(N):
+                row = allowed[bi, 0, i]
+                candidates = [b for b in range(num_blocks) if (row & (blocks == b)).any()]
+                means = torch.stack([kern[bi, h, i, row & (blocks == b)].mean() for b in candidates])
+                block = candidates[int(means.sort().indices[(len(candidates) - 1) // 2])]
+                chosen[bi, h, i] = block
+                weight = kern[bi, h, i] * (row & (blocks == block))
+                out[bi, h, i] = weight @ v[bi, h] / weight.sum()
+    return out, chosen
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "-inf", "finfo.min"])
+def test_mom_picks_the_median_block_of_the_allowed_keys_under_a_mask(mask_kind):
+    torch.manual_seed(5)
+    q, k, v = qkv(batch=2, heads=2, tokens=12, scale=2.0)
+    num_blocks = 4
+    blocks = block_assignment(12, num_blocks, q.device, shuffle=True)
+    allowed = torch.rand(2, 1, 12, 12) > 0.45
+    allowed[..., 0] = True
+    if mask_kind == "bool":
+        mask = allowed
+    else:
+        fill = float("-inf") if mask_kind == "-inf" else torch.finfo(torch.float32).min
+        mask = torch.zeros(allowed.shape).masked_fill(~allowed, fill)
+    expected, chosen = mom_reference(q, k, v, blocks, num_blocks, 2.0, allowed)
+    blind, blind_chosen = mom_reference(q, k, v, blocks, num_blocks, 2.0, torch.ones_like(allowed))
+    assert (chosen != blind_chosen).any()
+    torch.testing.assert_close(mom_attention(q, k, v, blocks, num_blocks, 2.0, mask).double(), expected,
+                               rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(blind, expected, atol=1e-3)

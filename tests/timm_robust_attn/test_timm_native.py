@@ -113,7 +113,8 @@ def test_fx_graph_forward_equals_eager_and_backward_reaches_every_parameter(mode
 
 @pytest.mark.parametrize("attn", ["rkde", "spkde", "mom"])
 def test_data_dependent_steps_are_fx_leaves(attn):
-    leaf = {"rkde": "kirwls_weights", "spkde": "spkde_weights", "mom": "mom_attention_blocks"}[attn]
+    leaf = {"rkde": "kirwls_weights_from_distances", "spkde": "spkde_weights",
+            "mom": "mom_attention_blocks"}[attn]
     nodes = get_graph_node_names(make("vit", attn))[1]
     assert f"blocks.0.attn.{leaf}" in nodes
 
@@ -305,7 +306,7 @@ def test_convert_carries_options_the_target_has_unless_given():
     convert_attention(model, "rkde", iterations=3)
     assert {(b.attn.bandwidth, b.attn.loss, b.attn.iterations) for b in model.blocks} == {(2.5, "hampel", 3)}
     convert_attention(model, "spkde", bandwidth=4.0)
-    assert {(b.attn.bandwidth, b.attn.steps) for b in model.blocks} == {(4.0, 20)}
+    assert {(b.attn.bandwidth, b.attn.steps) for b in model.blocks} == {(4.0, 1000)}
     convert_attention(model, "softmax")
     convert_attention(model, "rkde")
     assert model.blocks[0].attn.bandwidth == math.sqrt(64)  # nothing to carry from softmax
