@@ -26,6 +26,8 @@ from timm_robust_attn.robustness import (
     train_or_load,
 )
 
+from .checks import expect
+
 CACHE = Path("runs/timm_robust_attn")
 
 
@@ -38,6 +40,7 @@ def show_weights() -> None:
     for loss in ("huber", "hampel"):
         w = kirwls_weights(gram, iterations=3, loss=loss)
         print(f"  KIRWLS {loss:6s} weights (token 4 is the outlier): " + " ".join(f"{x:.3f}" for x in w))
+        expect(int(w.argmin()) == 4, f"KIRWLS-{loss} gives the outlier the smallest weight")
 
 
 def show_timm_integration() -> None:
@@ -54,6 +57,7 @@ def show_timm_integration() -> None:
         after = softmax(x)
     print(f"  convert_attention: rkde changes logits by {(robust - before).abs().max():.3f}; "
           f"restored softmax reproduces them bit-for-bit: {torch.equal(before, after)}")
+    expect(torch.equal(before, after), "converting back to softmax restores the logits bit-for-bit")
     print(f"  registered in timm: {sorted(timm_robust_attn.ROBUST_ATTN_LAYERS)}")
 
 
