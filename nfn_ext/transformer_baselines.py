@@ -10,18 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .monomial import mlp_head
 from .transformer_space import FIELDS, TransformerWeightSpace, TransformerWeightSpaceSpec
-
-
-def mlp_head(in_features: int, hidden: int, out_features: int) -> nn.Sequential:
-    """``Linear -> ReLU -> Linear -> ReLU -> Linear``."""
-    return nn.Sequential(
-        nn.Linear(in_features, hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, out_features),
-    )
 
 
 class TransformerFlatMLP(nn.Module):

@@ -117,13 +117,9 @@ def sample_hparams(seed: int, index: int) -> dict[str, Any]:
     return {key: rng.choice(values) for key, values in GRID.items()}
 
 
-def _accuracy(net: nn.Module, x: Tensor, y: Tensor) -> float:
-    with torch.no_grad():
-        return (net(x).argmax(1) == y).float().mean().item()
-
-
 def train_member(config: dict[str, Any], index: int) -> dict[str, Any]:
     """Train member ``index``; returns its hyperparameters and one record per checkpoint epoch."""
+    from .zoo import classification_accuracy as accuracy
     from .zoo import digits_split
 
     hp = sample_hparams(config["seed"], index)
@@ -159,8 +155,8 @@ def train_member(config: dict[str, Any], index: int) -> dict[str, Any]:
                     "epoch": epoch,
                     "state_dict": state,
                     "finite": bool(finite),
-                    "test_accuracy": _accuracy(net, x_test, y_test) if finite else float("nan"),
-                    "train_accuracy": _accuracy(net, x_train, y_train) if finite else float("nan"),
+                    "test_accuracy": accuracy(net, x_test, y_test) if finite else float("nan"),
+                    "train_accuracy": accuracy(net, x_train, y_train) if finite else float("nan"),
                 }
             )
     return {"hparams": hp, "checkpoints": checkpoints}

@@ -94,7 +94,8 @@ def sample_hparams(seed: int, index: int) -> dict[str, Any]:
     return {key: rng.choice(values) for key, values in GRID.items()}
 
 
-def _accuracy(net: nn.Module, x: Tensor, y: Tensor) -> float:
+def classification_accuracy(net: nn.Module, x: Tensor, y: Tensor) -> float:
+    """Fraction of ``x`` whose argmax logit equals ``y``."""
     with torch.no_grad():
         return (net(x).argmax(1) == y).float().mean().item()
 
@@ -131,8 +132,8 @@ def train_member(config: dict[str, Any], index: int) -> dict[str, Any]:
         "state_dict": state,
         "hparams": hp,
         "finite": bool(finite),
-        "test_accuracy": _accuracy(net, x_test, y_test) if finite else float("nan"),
-        "train_accuracy": _accuracy(net, x_train, y_train) if finite else float("nan"),
+        "test_accuracy": classification_accuracy(net, x_test, y_test) if finite else float("nan"),
+        "train_accuracy": classification_accuracy(net, x_train, y_train) if finite else float("nan"),
     }
 
 
