@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .transformer_space import TransformerWeightSpace
+from .zoo import build_members, classification_accuracy, digits_split
 
 GRID: dict[str, list[Any]] = {
     "optimizer": ["sgd", "adam", "rmsprop"],
@@ -119,9 +117,6 @@ def sample_hparams(seed: int, index: int) -> dict[str, Any]:
 
 def train_member(config: dict[str, Any], index: int) -> dict[str, Any]:
     """Train member ``index``; returns its hyperparameters and one record per checkpoint epoch."""
-    from .zoo import classification_accuracy as accuracy
-    from .zoo import digits_split
-
     hp = sample_hparams(config["seed"], index)
     torch.manual_seed(config["seed"] * 1_000_003 + index)
     x_train, y_train, x_test, y_test = digits_split(config["seed"])
@@ -149,28 +144,18 @@ def train_member(config: dict[str, Any], index: int) -> dict[str, Any]:
         if epoch in config["checkpoints"]:
             net.eval()
             state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-            finite = all(torch.isfinite(v).all() for v in state.values())
+            finite = bool(all(torch.isfinite(v).all() for v in state.values()))
+            nan = float("nan")
             checkpoints.append(
                 {
                     "epoch": epoch,
                     "state_dict": state,
-                    "finite": bool(finite),
-                    "test_accuracy": accuracy(net, x_test, y_test) if finite else float("nan"),
-                    "train_accuracy": accuracy(net, x_train, y_train) if finite else float("nan"),
+                    "finite": finite,
+                    "test_accuracy": classification_accuracy(net, x_test, y_test) if finite else nan,
+                    "train_accuracy": classification_accuracy(net, x_train, y_train) if finite else nan,
                 }
             )
     return {"hparams": hp, "checkpoints": checkpoints}
-
-
-def _build_one(args: tuple[dict[str, Any], int, str]) -> int:
-    config, index, out = args
-    torch.set_num_threads(1)
-    record = train_member(config, index)
-    path = Path(out) / "members" / f"{index:05d}.pt"
-    tmp = path.with_suffix(".tmp")
-    torch.save(record, tmp)
-    os.replace(tmp, path)  # atomic: an interrupted build never leaves a half-written member
-    return index
 
 
 def build_transformer_zoo(
@@ -198,26 +183,7 @@ def build_transformer_zoo(
         "grid": GRID,
         "checkpoints": list(CHECKPOINTS),
     }
-    (out / "members").mkdir(parents=True, exist_ok=True)
-    config_path = out / "config.json"
-    if config_path.exists():
-        saved = json.loads(config_path.read_text())
-        if saved != json.loads(json.dumps(config)):
-            raise ValueError(f"{out} holds a zoo built with {saved}; use another --out for {config}")
-    else:
-        config_path.write_text(json.dumps(config, indent=1))
-    jobs = [(config, i, str(out)) for i in range(n) if not (out / "members" / f"{i:05d}.pt").exists()]
-    bar = tqdm(total=len(jobs), desc="zoo transformer", disable=not progress)
-    if workers > 1 and len(jobs) > 1:
-        with get_context("fork").Pool(workers) as pool:
-            for _ in pool.imap_unordered(_build_one, jobs):
-                bar.update()
-    else:
-        for job in jobs:
-            _build_one(job)
-            bar.update()
-    bar.close()
-    return out
+    return build_members(out, config, n, train_member, "zoo transformer", workers, progress)
 
 
 @dataclass

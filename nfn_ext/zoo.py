@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from multiprocessing import get_context
@@ -137,15 +138,51 @@ def train_member(config: dict[str, Any], index: int) -> dict[str, Any]:
     }
 
 
-def _build_one(args: tuple[dict[str, Any], int, str]) -> int:
-    config, index, out = args
+TrainMember = Callable[[dict[str, Any], int], dict[str, Any]]
+
+
+def _build_one(args: tuple[TrainMember, dict[str, Any], int, str]) -> int:
+    train, config, index, out = args
     torch.set_num_threads(1)
-    record = train_member(config, index)
+    record = train(config, index)
     path = Path(out) / "members" / f"{index:05d}.pt"
     tmp = path.with_suffix(".tmp")
     torch.save(record, tmp)
     os.replace(tmp, path)  # atomic: an interrupted build never leaves a half-written member
     return index
+
+
+def build_members(
+    out: Path,
+    config: dict[str, Any],
+    n: int,
+    train: TrainMember,
+    desc: str,
+    workers: int = 1,
+    progress: bool = True,
+) -> Path:
+    """Write ``config.json`` (or check it against the build being resumed), then save ``train(config, i)`` as
+    ``members/{i:05d}.pt`` for every missing ``i < n``, on ``workers`` processes; returns ``out``."""
+    (out / "members").mkdir(parents=True, exist_ok=True)
+    config_path = out / "config.json"
+    if config_path.exists():
+        saved = json.loads(config_path.read_text())
+        if saved != json.loads(json.dumps(config)):
+            raise ValueError(f"{out} holds a zoo built with {saved}; use another --out for {config}")
+    else:
+        config_path.write_text(json.dumps(config, indent=1))
+    jobs = [(train, config, i, str(out)) for i in range(n) if not (out / "members" / f"{i:05d}.pt").exists()]
+    bar = tqdm(total=len(jobs), desc=desc, disable=not progress)
+    if workers > 1 and len(jobs) > 1:
+        with get_context("fork").Pool(workers) as pool:
+            for _ in pool.imap_unordered(_build_one, jobs):
+                bar.update()
+    else:
+        for job in jobs:
+            _build_one(job)
+            bar.update()
+    bar.close()
+    return out
 
 
 def build_zoo(
@@ -162,27 +199,7 @@ def build_zoo(
     out = Path(out)
     config = {"arch": arch, "activation": activation, "hidden": hidden, "seed": seed, "grid": GRID}
     make_network(arch, activation, hidden)  # validate before writing anything
-    (out / "members").mkdir(parents=True, exist_ok=True)
-    config_path = out / "config.json"
-    if config_path.exists():
-        saved = json.loads(config_path.read_text())
-        if saved != json.loads(json.dumps(config)):
-            raise ValueError(f"{out} holds a zoo built with {saved}; use another --out for {config}")
-    else:
-        config_path.write_text(json.dumps(config, indent=1))
-    pending = [i for i in range(n) if not (out / "members" / f"{i:05d}.pt").exists()]
-    jobs = [(config, i, str(out)) for i in pending]
-    bar = tqdm(total=len(jobs), desc=f"zoo {arch}/{activation}", disable=not progress)
-    if workers > 1 and len(jobs) > 1:
-        with get_context("fork").Pool(workers) as pool:
-            for _ in pool.imap_unordered(_build_one, jobs):
-                bar.update()
-    else:
-        for job in jobs:
-            _build_one(job)
-            bar.update()
-    bar.close()
-    return out
+    return build_members(out, config, n, train_member, f"zoo {arch}/{activation}", workers, progress)
 
 
 @dataclass
