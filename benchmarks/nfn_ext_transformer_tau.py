@@ -12,9 +12,12 @@ of the zoo's members (all their checkpoints), and trains on the rest:
 
 Each model is scored on the clean held-out models and on the same models moved by random attention-group
 elements (head/neuron permutations and per-head ``GL`` maps with singular values in ``[1/s, s]``). The neural
-models share the batch order per seed (paired). Every (model, seed) result is cached as JSON.
+models share the batch order per seed (paired). With ``--io on`` (default) every model also reads the
+zoo's patch embedding and classifier weights (:func:`nfn_ext.transformer_zoo.io_weights`; the group does not
+act on them): the neural models as a second input, gradient boosting as raw features beside the statistics.
+Every (model, setting, seed) result is cached as JSON.
 
-    python -m benchmarks.nfn_ext_transformer_tau --n 300 --epochs 10 --channels 8 --seeds 0 1 2
+    python -m benchmarks.nfn_ext_transformer_tau --n 600 --epochs 12 --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ from tqdm.auto import tqdm
 
 from nfn_ext import TransformerNFN, random_group_element
 from nfn_ext.transformer_baselines import TransformerFlatMLP, TransformerPermutationNFN, weight_statistics
-from nfn_ext.transformer_predictor import fit, kendall_tau, predict_logits
-from nfn_ext.transformer_space import TransformerWeightSpaceSpec
+from nfn_ext.transformer_predictor import Inputs, fit, kendall_tau, predict_logits
+from nfn_ext.transformer_space import TransformerWeightSpace, TransformerWeightSpaceSpec
 from nfn_ext.transformer_zoo import TransformerZoo, build_transformer_zoo, load_transformer_zoo
 
 MODELS = (
@@ -66,31 +69,36 @@ def _matched(build: Callable[[int], nn.Module], target: int) -> int:
     return min(ladder, key=lambda w: abs(_count(build(w)) - target))
 
 
-def settings(model: str, spec: TransformerWeightSpaceSpec, args: argparse.Namespace) -> dict[str, Callable]:
-    """The settings each model chooses from on the validation split: name -> builder."""
+def settings(
+    model: str, spec: TransformerWeightSpaceSpec, io: int, args: argparse.Namespace
+) -> dict[str, Callable]:
+    """The settings each model chooses from on the validation split: name -> builder (``io``: the number of
+    embedding and classifier weights every neural model reads, 0 for none)."""
     hh = args.head_hidden
+
+    def nfn(channels: tuple[int, ...], head: int, att: bool = False) -> TransformerNFN:
+        return TransformerNFN(spec, channels, head, attention_to_mlp=att, io_features=io)
+
     if model == "transformer_nfn":
         return {
-            f"c{c}" + ("" if att else "-noatt"): (
-                lambda c=c, att=att: TransformerNFN(spec, (c,), hh, attention_to_mlp=att)
-            )
+            f"c{c}" + ("" if att else "-noatt"): (lambda c=c, att=att: nfn((c,), hh, att))
             for c in args.channels
             for att in args.attention_to_mlp
         }
     if model == "statnn_gbt":
         return {f"depth{d}": d for d in args.gbt_depths}
-    target = _count(TransformerNFN(spec, (max(args.channels),), hh))
+    target = _count(nfn((max(args.channels),), hh))  # the widest Transformer-NFN without the z terms
     if model == "nfn_pool_only":
-        return {f"h{hh}": lambda: TransformerNFN(spec, (), hh)}
+        return {f"h{hh}": lambda: nfn((), hh)}
     if model == "nfn_pool_only_wide":
-        w = _matched(lambda w: TransformerNFN(spec, (), w), target)
-        return {f"h{w}": lambda: TransformerNFN(spec, (), w)}
+        w = _matched(lambda w: nfn((), w), target)
+        return {f"h{w}": lambda: nfn((), w)}
     if model == "mlp":
-        return {f"h{hh}": lambda: TransformerFlatMLP(spec, hh)}
+        return {f"h{hh}": lambda: TransformerFlatMLP(spec, hh, io_features=io)}
     if model == "np":
-        return {f"h32-{hh}": lambda: TransformerPermutationNFN(spec, 32, hh)}
-    w = _matched(lambda w: TransformerPermutationNFN(spec, w, w), target)
-    return {f"h{w}-{w}": lambda: TransformerPermutationNFN(spec, w, w)}
+        return {f"h32-{hh}": lambda: TransformerPermutationNFN(spec, 32, hh, io_features=io)}
+    w = _matched(lambda w: TransformerPermutationNFN(spec, w, w, io_features=io), target)
+    return {f"h{w}-{w}": lambda: TransformerPermutationNFN(spec, w, w, io_features=io)}
 
 
 def run_setting(
@@ -99,10 +107,15 @@ def run_setting(
     """Train one setting, early-stopped on the validation split; score validation, test, moved test."""
     idx = split(zoo)
     train, val, test = (zoo.subset(idx[k]) for k in ("train", "val", "test"))
+
+    def inputs(part: TransformerZoo, ws: TransformerWeightSpace | None = None) -> Inputs:
+        ws = part.weights if ws is None else ws
+        return (ws, part.io) if args.io else ws
+
     moved = {}
     for scale in args.scales:  # the same group elements for every model and seed
         g = random_group_element(test.weights, scale_range=scale, generator=torch.Generator().manual_seed(7))
-        moved[str(scale)] = g.act(test.weights)
+        moved[str(scale)] = inputs(test, g.act(test.weights))
     torch.manual_seed(seed)
     start = time.perf_counter()
     curve: list[float] = []
@@ -112,16 +125,20 @@ def run_setting(
         gbt = GradientBoostingRegressor(
             n_estimators=300, max_depth=build, learning_rate=0.05, random_state=seed
         )
-        gbt.fit(weight_statistics(train.weights).numpy(), train.accuracy.numpy())
+
+        def features(x: Inputs) -> Tensor:  # STATNN statistics (and the raw io weights)
+            return torch.cat([weight_statistics(x[0]), x[1]], 1) if args.io else weight_statistics(x)
+
+        gbt.fit(features(inputs(train)).numpy(), train.accuracy.numpy())
         params = sum(t.tree_.node_count for t in gbt.estimators_.ravel())
 
-        def predict(ws):
-            return torch.from_numpy(gbt.predict(weight_statistics(ws).numpy()))
+        def predict(x):
+            return torch.from_numpy(gbt.predict(features(x).numpy()))
 
     else:
         net = build()
         curve = fit(
-            net, train.weights, train.accuracy, args.epochs, 32, args.lr, seed, (val.weights, val.accuracy),
+            net, inputs(train), train.accuracy, args.epochs, 32, args.lr, seed, (inputs(val), val.accuracy),
             progress=False,
         )  # fmt: skip
         params = _count(net)
@@ -139,10 +156,10 @@ def run_setting(
         "n_train": len(train),
         "n_test": len(test),
         "val_curve": curve,
-        "val_tau": max(curve) if curve else kendall_tau(predict(val.weights), val.accuracy),
+        "val_tau": max(curve) if curve else kendall_tau(predict(inputs(val)), val.accuracy),
         "best_epoch": curve.index(max(curve)) + 1 if curve else None,
-        "tau": kendall_tau(predict(test.weights), test.accuracy),
-        "tau_moved": {k: kendall_tau(predict(ws), test.accuracy) for k, ws in moved.items()},
+        "tau": kendall_tau(predict(inputs(test)), test.accuracy),
+        "tau_moved": {k: kendall_tau(predict(x), test.accuracy) for k, x in moved.items()},
     }
 
 
@@ -150,8 +167,9 @@ def run(zoo: TransformerZoo, model: str, seed: int, args: argparse.Namespace) ->
     """Every setting of ``model`` (cached per setting); returns the one with the best validation tau, with
     ``seconds`` = the time of the whole selection and ``grid`` = every setting's validation tau."""
     tried = []
-    for setting, build in settings(model, zoo.weights.spec, args).items():
-        tag = f"v3_n{args.n}_{model}_{setting}_e{args.epochs}_s{seed}"
+    io = zoo.io.shape[1] if args.io else 0
+    for setting, build in settings(model, zoo.weights.spec, io, args).items():
+        tag = f"v4_n{args.n}_io{int(args.io)}_{model}_{setting}_e{args.epochs}_s{seed}"
         cache = Path(args.root) / "tau" / f"{tag}.json"
         if cache.exists():
             result = json.loads(cache.read_text())
@@ -224,7 +242,13 @@ def main(argv: list[str] | None = None) -> None:
         default=[True, False],
         help="on/off: Transformer-NFN with/without the attention -> MLP terms (chosen on validation)",
     )
-    parser.add_argument("--gbt-depths", type=int, nargs="+", default=[2, 3, 4], help="chosen on validation")
+    parser.add_argument("--gbt-depths", type=int, nargs="+", default=[2, 4, 6], help="chosen on validation")
+    parser.add_argument(
+        "--io",
+        type=lambda v: v == "on",
+        default=True,
+        help="on/off: every model also reads the embedding and classifier weights (untouched by the group)",
+    )
     parser.add_argument("--head-hidden", type=int, default=64)
     parser.add_argument("--scales", type=float, nargs="+", default=[2.0, 1e2], help="group element scales")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

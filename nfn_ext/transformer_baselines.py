@@ -14,8 +14,19 @@ from .monomial import mlp_head
 from .transformer_space import FIELDS, TransformerWeightSpace, TransformerWeightSpaceSpec
 
 
+def _with_io(feats: Tensor, io: Tensor | None, io_features: int) -> Tensor:
+    """``[feats, io]`` when the model was built for ``io_features`` extra inputs (checked)."""
+    if not io_features:
+        return feats
+    if io is None or io.shape != (feats.shape[0], io_features):
+        got = None if io is None else tuple(io.shape)
+        raise ValueError(f"expected io weights of shape {(feats.shape[0], io_features)}, got {got}")
+    return torch.cat([feats, io.to(feats.dtype)], dim=-1)
+
+
 class TransformerFlatMLP(nn.Module):
-    """Every weight and bias flattened into one vector, then an MLP (no symmetry)."""
+    """Every weight and bias flattened into one vector (with ``io_features`` extra weights appended, such as
+    the zoo's embedding and classifier), then an MLP (no symmetry)."""
 
     def __init__(
         self,
@@ -23,34 +34,43 @@ class TransformerFlatMLP(nn.Module):
         head_hidden: int = 64,
         out_features: int = 1,
         in_channels: int = 1,
+        io_features: int = 0,
     ) -> None:
         super().__init__()
-        self.head = mlp_head(spec.num_params * in_channels, head_hidden, out_features)
+        self.io_features = io_features
+        self.head = mlp_head(spec.num_params * in_channels + io_features, head_hidden, out_features)
 
-    def forward(self, ws: TransformerWeightSpace) -> Tensor:
-        return self.head(ws.flatten().flatten(1))
+    def forward(self, ws: TransformerWeightSpace, io: Tensor | None = None) -> Tensor:
+        return self.head(_with_io(ws.flatten().flatten(1), io, self.io_features))
 
 
 class TransformerPermutationNFN(nn.Module):
     r"""NP-style (Zhou et al., 2023) invariant model for the permutation part of the group only.
 
     Each head's ``(W_Q, b_Q, W_K, b_K, W_V, b_V, W_O)`` and each hidden neuron's ``(W_A[:, j], b_A[j],
-    W_B[j, :])`` is embedded by a shared MLP and mean-pooled (DeepSets), per block; with ``b_O``, ``b_B`` an
-    MLP head predicts. Invariant to head and hidden-neuron permutations, not to the ``GL`` maps ``M``, ``N``.
+    W_B[j, :])`` is embedded by a shared MLP and mean-pooled (DeepSets), per block; with ``b_O``, ``b_B`` (and
+    ``io_features`` extra weights) an MLP head predicts. Invariant to head and hidden-neuron permutations, not
+    to the ``GL`` maps ``M``, ``N``.
     """
 
     def __init__(
-        self, spec: TransformerWeightSpaceSpec, hidden: int = 32, head_hidden: int = 64, out_features: int = 1
+        self,
+        spec: TransformerWeightSpaceSpec,
+        hidden: int = 32,
+        head_hidden: int = 64,
+        out_features: int = 1,
+        io_features: int = 0,
     ) -> None:
         super().__init__()
+        self.io_features = io_features
         D, K, V = spec.d_model, spec.d_qk, spec.d_v
         self.head_embed = nn.Sequential(
             nn.Linear(2 * (D + 1) * K + (D + 1) * V + V * D, hidden), nn.ReLU(), nn.Linear(hidden, hidden)
         )
         self.neuron_embed = nn.Sequential(nn.Linear(2 * D + 1, hidden), nn.ReLU(), nn.Linear(hidden, hidden))
-        self.head = mlp_head(spec.num_blocks * (2 * hidden + 2 * D), head_hidden, out_features)
+        self.head = mlp_head(spec.num_blocks * (2 * hidden + 2 * D) + io_features, head_hidden, out_features)
 
-    def forward(self, ws: TransformerWeightSpace) -> Tensor:
+    def forward(self, ws: TransformerWeightSpace, io: Tensor | None = None) -> Tensor:
         if ws.channels != 1:
             raise ValueError(f"expected a weight space with 1 channel, got {ws.channels}")
         t = {name: getattr(ws, name)[:, 0] for name in FIELDS}  # (B, L, ...)
@@ -64,7 +84,8 @@ class TransformerPermutationNFN(nn.Module):
         neurons = (
             neurons.mean(2) if neurons.shape[2] else neurons.new_zeros(*neurons.shape[:2], neurons.shape[-1])
         )
-        return self.head(torch.cat([heads, neurons, t["bo"], t["bb"]], dim=-1).flatten(1))
+        feats = torch.cat([heads, neurons, t["bo"], t["bb"]], dim=-1).flatten(1)
+        return self.head(_with_io(feats, io, self.io_features))
 
 
 _QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)

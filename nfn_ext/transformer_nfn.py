@@ -18,9 +18,11 @@ the side the group does not act on, by a learned ``D``-indexed matrix or by a ma
 
 (``\hat S_h`` the channel mean of ``S_h / \|S_h\|_F``, ``\bar S`` its head mean; ``W_K`` uses ``\hat S_h``,
 ``W_V`` uses ``\hat T_h \hat T_h^\top`` and ``W_O`` is multiplied on the right by ``F_O`` and
-``\hat T_h^\top \hat T_h``), with HNP-style terms for the MLP (hidden neurons permute only) and bias inputs,
-and (``attention_to_mlp``) an invariant summary of the block's ``S_h``, ``T_h`` added to the MLP features;
-learned biases for ``b_O``, ``b_A``, ``b_B``, a constant for ``W_A``, a ``D``-vector for the rows of ``W_B``.
+``\hat T_h^\top \hat T_h``). The MLP features (hidden neurons permute, ``D`` is fixed) get a per-neuron
+``D``-indexed map, and every invariant summary of every block (hidden-neuron means of the MLP weights,
+``b_O``, ``b_B`` and, with ``attention_to_mlp``, the head means of ``S_h``, ``T_h``) through learned maps,
+the same for every neuron, plus learned biases; ``b_O``, ``b_B`` get the same summaries. The linear part
+spans every linear equivariant map (tested numerically).
 Pointwise nonlinearities are applied to the MLP features and ``b_O`` only: on attention features they would
 break the ``GL`` equivariance. :class:`TransformerInvariantPool` pools ``S_h``, ``T_h`` over heads and the
 MLP features over hidden neurons; :class:`TransformerNFN` stacks both and an MLP head.
@@ -52,21 +54,6 @@ def head_invariants(ws: TransformerWeightSpace) -> tuple[Tensor, Tensor]:
     return q @ k.transpose(-1, -2), v @ ws.wo
 
 
-def attention_summary(s: Tensor, t: Tensor, u: Tensor, v: Tensor) -> Tensor:
-    r"""Invariant summary of a block's attention for its MLP features (the paper's ``[WW]_{QK}``,
-    ``[WW]_{VO}`` terms of ``W_A, b_A, W_B, b_B``, reduced to one learned contraction each):
-
-    .. math::
-        z = \Big[\tfrac1H \sum_h u^\top S_h,\; \tfrac1H \sum_h v^\top T_h\Big] \in \mathbb{R}^{2D+1}.
-
-    ``s`` ``(B, C, L, H, D+1, D+1)``, ``t`` ``(B, C, L, H, D+1, D)``, ``u, v`` ``(L, D+1)``
-    -> ``(B, C, L, 2D+1)``.
-    """
-    zs = torch.einsum("lp,bclhpj->bclj", u, s) / s.shape[3]
-    zt = torch.einsum("lp,bclhpj->bclj", v, t) / t.shape[3]
-    return torch.cat([zs, zt], dim=-1)
-
-
 def _mean(t: Tensor, dim: int, keepdim: bool = False) -> Tensor:
     """Mean over ``dim``; zeros when that axis is empty (a bare attention layer has ``D_A = 0``)."""
     if t.shape[dim] == 0:
@@ -82,31 +69,63 @@ def _unit(t: Tensor) -> Tensor:
     return t / t.flatten(-2).norm(dim=-1).clamp_min(_EPS)[..., None, None]
 
 
+def block_summary(ws: TransformerWeightSpace, attention: bool = False) -> Tensor:
+    r"""Invariant summary of every block ``(B, C, L, G)``: the hidden-neuron means of ``[W_A; b_A]``
+    (``D+1``) and of ``W_B`` (``D``), ``b_O`` and ``b_B`` (``G = 4D + 1``); with ``attention``, the head
+    means of ``S_h`` and ``T_h`` entry by entry (``G = (D+1)(2D+1)``, see :func:`head_invariants`) instead."""
+    if attention:
+        s, t = head_invariants(ws)
+        return torch.cat([s.mean(3).flatten(3), t.mean(3).flatten(3)], dim=-1)
+    return torch.cat([_mean(_augment(ws.wa, ws.ba), -1), _mean(ws.wb, -2), ws.bo, ws.bb], dim=-1)
+
+
 class TransformerLinear(nn.Module):
     r"""Equivariant layer ``TransformerWeightSpace (C_in channels) -> TransformerWeightSpace (C_out)``.
+
+    Attention features (per block ``l``, head ``h``; ``\hat S``, ``\hat T`` the normalised head invariants):
+
+    .. math::
+        \tilde W_Q'^h = \sum_c a_c \tilde W_Q^{h,c} + F_Q \sum_c a'_c \tilde W_Q^{h,c}
+          + \hat S_h^\top \sum_c a''_c \tilde W_Q^{h,c} + \bar{\hat S}^\top \sum_c a'''_c \tilde W_Q^{h,c},
+        \qquad W_O'^h = \sum_c a_c W_O^{h,c} + \big(\sum_c a'_c W_O^{h,c}\big) F_O + \dots
+
+    (``W_K`` with ``\hat S_h``, ``W_V`` with ``\hat T_h \hat T_h^\top``, ``W_O`` with
+    ``\hat T_h^\top \hat T_h`` on the right). MLP and invariant features, with
+    ``x_j = [(W_A)_{:,j}; (b_A)_j; (W_B)_{j,:}]`` per hidden neuron ``j``, ``y = [b_O; b_B]`` and the
+    summaries ``u_m``, ``z_m`` of every block ``m`` (:func:`block_summary`):
+
+    .. math::
+        x'^l_j = P^l x^l_j + \sum_m R^{lm} u_m + \sum_m R'^{lm} z_m + c^l, \qquad
+        y'^l = \sum_c a_c y^{l,c} + \sum_m Q^{lm} u_m + \sum_m Q'^{lm} z_m + d^l
+
+    (each term with its own channel mix; ``P`` = blocks ``D+1 x D+1``, ``D+1 x D``, ``D x D+1``,
+    ``D x D``). The linear part (without the ``\hat S``, ``\hat T`` factors and the ``z`` terms) spans every
+    linear map that commutes with the group (measured in ``tests/nfn_ext/test_transformer_completeness.py``).
 
     Args:
         spec: shape of the weight space.
         in_channels, out_channels: feature channels.
-        attention_to_mlp: add an invariant summary of each block's attention (:func:`attention_summary`,
-            through learned ``(D+1) x (2D+1)`` / ``D x (2D+1)`` maps) to ``[W_A; b_A]``, ``W_B``, ``b_B``,
-            the same for every hidden neuron (the paper's ``[WW]_{QK}``, ``[WW]_{VO}`` terms of the MLP).
+        attention_to_mlp: add the ``z`` terms: a learned linear map of every block's ``mean_h S_h``,
+            ``mean_h T_h`` (quadratic in the weights, invariant) to the MLP features and ``b_O``, ``b_B``
+            (the paper's ``[WW]_{QK}``, ``[WW]_{VO}`` terms of ``W_A, b_A, W_B, b_B``, with full kernels).
 
     Shapes:
         input/output: a :class:`TransformerWeightSpace` with ``B`` models and ``C_in`` / ``C_out`` channels.
     """
 
-    #: channel-mixing tensors ``(L, C_out, C_in)`` for each output feature
+    #: the terms of each output feature, each with a channel-mixing tensor ``(L, C_out, C_in)``
     _MIXES = {
         "q": ("own", "fixed", "self", "mean"),
         "k": ("own", "fixed", "self", "mean"),
         "v": ("own", "fixed", "self", "mean"),
         "o": ("own", "fixed", "self", "mean"),
-        "bo": ("own", "fixed", "vo_bias", "vo_rows"),
-        "a": ("own", "fixed", "pool", "from_b", "att"),
-        "b": ("own", "fixed", "pool", "from_a", "att"),
-        "bb": ("own", "fixed", "pool_b", "pool_a", "att"),
+        "a": ("own", "fixed", "from_b", "glob", "att"),
+        "b": ("own", "fixed", "from_a", "glob", "att"),
+        "bo": ("own", "glob", "att"),
+        "bb": ("own", "glob", "att"),
     }
+    #: terms that are not linear in the weights (left out of the completeness check)
+    NONLINEAR_TERMS = ("self", "mean", "att")
 
     def __init__(
         self,
@@ -126,21 +145,15 @@ class TransformerLinear(nn.Module):
                 for term in self._terms(feat)
             }
         )
-        fixed = {"q": (D + 1, D + 1), "k": (D + 1, D + 1), "v": (D + 1, D + 1), "o": (D, D), "bo": (D, D)}
-        fixed |= {"a": (D + 1, D + 1), "b": (D, D), "bb": (D, D), "ab": (D + 1, D), "ba": (D + 1, D)}
-        fixed |= {"bb_a": (D + 1, D)}
+        rows = {"a": D + 1, "b": D, "bo": D, "bb": D}
+        fixed = {"q": (D + 1, D + 1), "k": (D + 1, D + 1), "v": (D + 1, D + 1), "o": (D, D)}
+        fixed |= {"a": (D + 1, D + 1), "b": (D, D), "ab": (D + 1, D), "ba": (D + 1, D)}
+        fixed |= {f"{n}_glob": (r, L, 4 * D + 1) for n, r in rows.items()}
         if attention_to_mlp:
-            fixed |= {"att_s": (D + 1,), "att_t": (D + 1,), "a_att": (D + 1, 2 * D + 1)}
-            fixed |= {"b_att": (D, 2 * D + 1), "bb_att": (D, 2 * D + 1)}
+            fixed |= {f"{n}_att": (r, L, (D + 1) * (2 * D + 1)) for n, r in rows.items()}
         self.fixed = nn.ParameterDict({k: nn.Parameter(torch.empty(L, *s)) for k, s in fixed.items()})
         self.bias = nn.ParameterDict(
-            {
-                "bo": nn.Parameter(torch.empty(out_channels, L, D)),
-                "wa": nn.Parameter(torch.empty(out_channels, L)),
-                "ba": nn.Parameter(torch.empty(out_channels, L)),
-                "wb": nn.Parameter(torch.empty(out_channels, L, D)),
-                "bb": nn.Parameter(torch.empty(out_channels, L, D)),
-            }
+            {n: nn.Parameter(torch.empty(out_channels, L, r)) for n, r in rows.items()}
         )
         self.reset_parameters()
 
@@ -149,7 +162,7 @@ class TransformerLinear(nn.Module):
             std = 1.0 / math.sqrt(self.in_channels * len(self._terms(name.split("_")[0])))
             nn.init.normal_(p, std=std)
         for p in self.fixed.values():
-            nn.init.normal_(p, std=1.0 / math.sqrt(p.shape[1]))
+            nn.init.normal_(p, std=1.0 / math.sqrt(p[0, 0].numel()))
         for p in self.bias.values():
             nn.init.zeros_(p)
 
@@ -159,6 +172,11 @@ class TransformerLinear(nn.Module):
     def _mix(self, name: str, x: Tensor) -> Tensor:
         """Channel mix ``x`` ``(B, C_in, L, ...)`` -> ``(B, C_out, L, ...)``."""
         return torch.einsum("loc,bcl...->bol...", self.mix[name], x)
+
+    def _summary_term(self, feat: str, term: str, u: Tensor) -> Tensor:
+        """``sum_m F^{lm} (mix^l u_m)``: summaries ``u`` ``(B, C_in, L, G)`` -> ``(B, C_out, L, rows)``."""
+        mixed = torch.einsum("loc,bcmg->bolmg", self.mix[f"{feat}_{term}"], u)
+        return torch.einsum("lrmg,bolmg->bolr", self.fixed[f"{feat}_{term}"], mixed)
 
     def forward(self, ws: TransformerWeightSpace) -> TransformerWeightSpace:
         if ws.spec != self.spec or ws.channels != self.in_channels:
@@ -189,47 +207,32 @@ class TransformerLinear(nn.Module):
             + torch.einsum("bolhvi,blhij->bolhvj", self._mix("o_self", ws.wo), r)
             + torch.einsum("bolhvi,blij->bolhvj", self._mix("o_mean", ws.wo), r.mean(2))
         )
-        t_mean = t.mean(3)  # (B, C, L, D+1, D), invariant
-        bo = (
-            self._mix("bo_own", ws.bo)
-            + torch.einsum("lij,bolj->boli", self.fixed["bo"], self._mix("bo_fixed", ws.bo))
-            + self._mix("bo_vo_bias", t_mean[..., -1, :])
-            + self._mix("bo_vo_rows", t_mean[..., :-1, :].mean(-2))
-            + self.bias["bo"]
-        )
         a = _augment(ws.wa, ws.ba)  # (B, C, L, D+1, D_A)
         wa = (
             self._mix("a_own", a)
             + torch.einsum("lij,bolja->bolia", self.fixed["a"], self._mix("a_fixed", a))
-            + self._mix("a_pool", _mean(a, -1, keepdim=True))
             + torch.einsum("lij,bolaj->bolia", self.fixed["ab"], self._mix("a_from_b", ws.wb))
         )
         wb = (
             self._mix("b_own", ws.wb)
             + torch.einsum("bolai,lij->bolaj", self._mix("b_fixed", ws.wb), self.fixed["b"])
-            + self._mix("b_pool", _mean(ws.wb, -2, keepdim=True))
             + torch.einsum("bolia,lij->bolaj", self._mix("b_from_a", a), self.fixed["ba"])
         )
-        bb = (
-            self._mix("bb_own", ws.bb)
-            + torch.einsum("lij,bolj->boli", self.fixed["bb"], self._mix("bb_fixed", ws.bb))
-            + self._mix("bb_pool_b", _mean(ws.wb, -2))
-            + torch.einsum("boli,lij->bolj", self._mix("bb_pool_a", _mean(a, -1)), self.fixed["bb_a"])
-            + self.bias["bb"]
-        )
-        if self.attention_to_mlp:  # invariant summary of the attention, the same for every hidden neuron
-            att = attention_summary(s, t, self.fixed["att_s"], self.fixed["att_t"])  # (B, C, L, 2D+1)
-            u = {n: torch.einsum("lij,bolj->boli", self.fixed[f"{n}_att"], self._mix(f"{n}_att", att))
-                 for n in ("a", "b", "bb")}  # fmt: skip
-            wa, wb, bb = wa + u["a"][..., None], wb + u["b"][..., None, :], bb + u["bb"]
-        ba = wa[..., -1, :] + self.bias["ba"][None, :, :, None]
-        wa = wa[..., :-1, :] + self.bias["wa"][None, :, :, None, None]  # constant over rows and neurons
-        wb = wb + self.bias["wb"][None, :, :, None, :]  # a D-vector, the same for every hidden neuron
+        inv = {"bo": self._mix("bo_own", ws.bo), "bb": self._mix("bb_own", ws.bb)}
+        shared = {n: self.bias[n][None] for n in ("a", "b", "bo", "bb")}  # (1, C_out, L, rows)
+        summaries = {"glob": block_summary(ws)}
+        if self.attention_to_mlp:
+            summaries["att"] = block_summary(ws, attention=True)
+        for term, u in summaries.items():  # invariant: the same for every hidden neuron
+            shared = {n: v + self._summary_term(n, term, u) for n, v in shared.items()}
+        wa = wa + shared["a"][..., None]
+        wb = wb + shared["b"][..., None, :]
         return TransformerWeightSpace(
             wq=out["q"][..., :-1, :], bq=out["q"][..., -1, :],
             wk=out["k"][..., :-1, :], bk=out["k"][..., -1, :],
             wv=out["v"][..., :-1, :], bv=out["v"][..., -1, :],
-            wo=wo, bo=bo, wa=wa, ba=ba, wb=wb, bb=bb,
+            wo=wo, bo=inv["bo"] + shared["bo"], wa=wa[..., :-1, :], ba=wa[..., -1, :],
+            wb=wb, bb=inv["bb"] + shared["bb"],
             spec=self.spec, template=ws.template,
         )  # fmt: skip
 
@@ -302,9 +305,15 @@ class TransformerNFN(nn.Module):
         in_channels: channels of the input weight space.
         dense_pool: see :class:`TransformerInvariantPool`.
         attention_to_mlp: see :class:`TransformerLinear`.
+        io_features: size of an optional second input ``io`` ``(B, io_features)``: weights the group does
+            not act on (the zoo's patch embedding and classifier,
+            :func:`~nfn_ext.transformer_zoo.io_weights`), read through :func:`signed_log` and a linear
+            map to ``io_hidden`` features beside the pool.
+        io_hidden: see ``io_features``.
 
     Shapes:
-        input: :class:`TransformerWeightSpace` with ``B`` models; output ``(B, out_features)``.
+        input: :class:`TransformerWeightSpace` with ``B`` models (and ``io`` ``(B, io_features)``); output
+        ``(B, out_features)``.
     """
 
     def __init__(
@@ -316,18 +325,22 @@ class TransformerNFN(nn.Module):
         in_channels: int = 1,
         dense_pool: bool = False,
         attention_to_mlp: bool = True,
+        io_features: int = 0,
+        io_hidden: int = 16,
     ) -> None:
         super().__init__()
-        self.spec = spec
+        self.spec, self.io_features = spec, io_features
         channels = [in_channels, *hidden_channels]
         layers: list[nn.Module] = []
         for a, b in zip(channels[:-1], channels[1:], strict=True):
             layers += [TransformerLinear(spec, a, b, attention_to_mlp), TransformerReLU()]
         self.layers = nn.Sequential(*layers)
         self.pool = TransformerInvariantPool(spec, channels[-1], dense_pool)
+        self.io = nn.Linear(io_features, io_hidden) if io_features else None
+        n_in = self.pool.num_features + (io_hidden if io_features else 0)
         self.head = nn.Sequential(
-            nn.LayerNorm(self.pool.num_features),
-            nn.Linear(self.pool.num_features, head_hidden),
+            nn.LayerNorm(n_in),
+            nn.Linear(n_in, head_hidden),
             nn.ReLU(),
             nn.Linear(head_hidden, head_hidden),
             nn.ReLU(),
@@ -339,5 +352,12 @@ class TransformerNFN(nn.Module):
             if m is not self and hasattr(m, "reset_parameters"):
                 m.reset_parameters()
 
-    def forward(self, ws: TransformerWeightSpace) -> Tensor:
-        return self.head(self.pool(self.layers(ws)))
+    def forward(self, ws: TransformerWeightSpace, io: Tensor | None = None) -> Tensor:
+        feats = self.pool(self.layers(ws))
+        if self.io is not None:
+            if io is None or io.shape != (ws.batch_size, self.io_features):
+                got = None if io is None else tuple(io.shape)
+                want = (ws.batch_size, self.io_features)
+                raise ValueError(f"expected io weights of shape {want}, got {got}")
+            feats = torch.cat([feats, self.io(signed_log(io.to(feats.dtype)))], dim=-1)
+        return self.head(feats)

@@ -22,24 +22,39 @@ def kendall_tau(pred: Tensor, target: Tensor) -> float:
     return float(kendalltau(pred.double().numpy(), target.double().numpy()).statistic)
 
 
+#: what the models take: a weight space, or a weight space and the weights the group leaves alone
+Inputs = TransformerWeightSpace | tuple[TransformerWeightSpace, Tensor]
+
+
+def _take(x: Inputs, index: Tensor | slice) -> Inputs:
+    return (x[0][index], x[1][index]) if isinstance(x, tuple) else x[index]
+
+
+def _call(model: nn.Module, x: Inputs) -> Tensor:
+    return (model(*x) if isinstance(x, tuple) else model(x)).squeeze(-1)
+
+
 @torch.no_grad()
-def predict_logits(model: nn.Module, ws: TransformerWeightSpace, batch_size: int = 256) -> Tensor:
+def predict_logits(model: nn.Module, x: Inputs, batch_size: int = 256) -> Tensor:
+    """``model`` on ``x`` (a weight space, or ``(weight space, io weights)``) in batches: ``(B,)``."""
     model.eval()
-    return torch.cat([model(ws[i : i + batch_size]).squeeze(-1) for i in range(0, len(ws), batch_size)])
+    n = len(x[0]) if isinstance(x, tuple) else len(x)
+    return torch.cat([_call(model, _take(x, slice(i, i + batch_size))) for i in range(0, n, batch_size)])
 
 
 def fit(
     model: nn.Module,
-    ws: TransformerWeightSpace,
+    ws: Inputs,
     accuracy: Tensor,
     epochs: int = 10,
     batch_size: int = 32,
     lr: float = 1e-3,
     seed: int = 0,
-    val: tuple[TransformerWeightSpace, Tensor] | None = None,
+    val: tuple[Inputs, Tensor] | None = None,
     progress: bool = True,
 ) -> list[float]:
     """Adam on binary cross-entropy between ``sigmoid(model(ws))`` and ``accuracy``, cosine learning rate.
+    ``ws`` may be a pair ``(weight space, io weights)``, passed to the model as two arguments.
 
     Batches are drawn from a generator seeded by ``seed`` (the same order for every model: paired runs).
     With ``val``, the weights of the epoch with the best validation Kendall's tau are restored at the end
@@ -54,7 +69,7 @@ def fit(
         model.train()
         for batch in torch.randperm(len(accuracy), generator=gen).split(batch_size):
             opt.zero_grad()
-            logits = model(ws[batch]).squeeze(-1)
+            logits = _call(model, _take(ws, batch))
             loss = nn.functional.binary_cross_entropy_with_logits(logits, accuracy[batch].to(logits.dtype))
             loss.backward()
             opt.step()

@@ -191,7 +191,8 @@ class TransformerZoo:
     """A loaded zoo: every finite checkpoint as one model of ``weights``.
 
     ``member[i]`` and ``epoch[i]`` say which run and epoch entry ``i`` is (split by member, so that
-    checkpoints of one run never sit on both sides); ``accuracy[i]`` is its test accuracy.
+    checkpoints of one run never sit on both sides); ``accuracy[i]`` is its test accuracy; ``io[i]`` its
+    embedding and classifier weights (:func:`io_weights`), which the attention group leaves alone.
     """
 
     weights: TransformerWeightSpace
@@ -200,6 +201,7 @@ class TransformerZoo:
     epoch: Tensor
     hparams: list[dict[str, Any]]
     config: dict[str, Any]
+    io: Tensor
 
     def __len__(self) -> int:
         return len(self.accuracy)
@@ -212,7 +214,19 @@ class TransformerZoo:
             self.epoch[index],
             [self.hparams[i] for i in index.tolist()],
             self.config,
+            self.io[index],
         )
+
+
+IO_PARAMETERS = ("embed.weight", "embed.bias", "head.weight", "head.bias")
+
+
+def io_weights(model: SmallViT) -> Tensor:
+    """The weights outside the encoder blocks of a :class:`SmallViT`, flattened: patch embedding and
+    classifier, ``(1, D p^2 + D + K D + K)``. The attention group does not act on them (``D`` is not
+    permuted), so every function of them is invariant."""
+    params = dict(model.named_parameters())
+    return torch.cat([params[name].detach().flatten() for name in IO_PARAMETERS])[None]
 
 
 def make_template(config: dict[str, Any]) -> SmallViT:
@@ -231,7 +245,7 @@ def load_transformer_zoo(path: str | Path) -> TransformerZoo:
         )
     config = json.loads(config_path.read_text())
     net = make_template(config)
-    spaces, acc, member, epoch, hparams = [], [], [], [], []
+    spaces, acc, member, epoch, hparams, io = [], [], [], [], [], []
     for p in sorted((path / "members").glob("*.pt")):
         record = torch.load(p, weights_only=True)
         for ckpt in record["checkpoints"]:
@@ -239,6 +253,7 @@ def load_transformer_zoo(path: str | Path) -> TransformerZoo:
                 continue
             net.load_state_dict(ckpt["state_dict"])
             spaces.append(TransformerWeightSpace.from_module(net))
+            io.append(io_weights(net))
             acc.append(ckpt["test_accuracy"])
             member.append(int(p.stem))
             epoch.append(ckpt["epoch"])
@@ -247,7 +262,9 @@ def load_transformer_zoo(path: str | Path) -> TransformerZoo:
         raise ValueError(f"zoo {path} has no finished members")
     ws = TransformerWeightSpace.stack(spaces)
     ws.template = make_template(config)
-    return TransformerZoo(ws, torch.tensor(acc), torch.tensor(member), torch.tensor(epoch), hparams, config)
+    return TransformerZoo(
+        ws, torch.tensor(acc), torch.tensor(member), torch.tensor(epoch), hparams, config, torch.cat(io)
+    )
 
 
 def describe(path: str | Path) -> str:

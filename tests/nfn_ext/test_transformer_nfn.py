@@ -94,54 +94,53 @@ def test_head_invariants_match_a_direct_evaluation():
             assert torch.allclose(t[0, 0, l, h, -1], ws.bv[0, 0, l, h] @ ws.wo[0, 0, l, h])
 
 
-def test_attention_to_mlp_terms_match_a_direct_evaluation():
-    """Only the attention -> MLP terms on: W_A, b_A, W_B, b_B equal the formula evaluated head by head."""
+def test_summary_terms_match_a_direct_evaluation():
+    """Only the summary terms and the biases on: the MLP features, b_O and b_B equal the formula evaluated
+    block by block and head by head (every block's neuron means, b_O, b_B and head means of S_h, T_h)."""
     ws = _space(channels=1, batch=2)
     layer = TransformerLinear(ws.spec, 1, 1).double()
     with torch.no_grad():
         for name, p in layer.mix.items():
-            p.fill_(1.0 if name.endswith("_att") else 0.0)
-        for p in layer.bias.values():
-            p.zero_()
-    out = layer(ws)
-    with torch.no_grad():
+            p.fill_(1.0 if name.endswith(("_glob", "_att")) else 0.0)
         for p in layer.bias.values():
             p.normal_()
-    biased = layer(ws)
-    for j in range(ws.spec.d_mlp):  # biases: W_A a constant, W_B a D-vector, b_A one value per block
-        assert torch.allclose(biased.wa[:, 0, :, :, j] - out.wa[:, 0, :, :, j], layer.bias["wa"][0, :, None])
-        assert torch.allclose(biased.wb[:, 0, :, j] - out.wb[:, 0, :, j], layer.bias["wb"][0])
-        assert torch.allclose(biased.ba[:, 0, :, j] - out.ba[:, 0, :, j], layer.bias["ba"][0])
-    assert torch.allclose(biased.bb[:, 0] - out.bb[:, 0], layer.bias["bb"][0])
-    assert torch.allclose(biased.bo[:, 0] - out.bo[:, 0], layer.bias["bo"][0])
-    H, fx = ws.spec.num_heads, layer.fixed
+    out = layer(ws)
+    L, H, fx = ws.spec.num_blocks, ws.spec.num_heads, layer.fixed
     for b in range(2):
-        for l in range(ws.spec.num_blocks):
-            zs, zt = 0.0, 0.0
+        u, z = [], []
+        for m in range(L):
+            a = torch.cat([ws.wa[b, 0, m], ws.ba[b, 0, m][None]])
+            u.append(torch.cat([a.mean(1), ws.wb[b, 0, m].mean(0), ws.bo[b, 0, m], ws.bb[b, 0, m]]))
+            s, t = 0.0, 0.0
             for h in range(H):
-                q = torch.cat([ws.wq[b, 0, l, h], ws.bq[b, 0, l, h][None]])
-                k = torch.cat([ws.wk[b, 0, l, h], ws.bk[b, 0, l, h][None]])
-                v = torch.cat([ws.wv[b, 0, l, h], ws.bv[b, 0, l, h][None]])
-                zs = zs + fx["att_s"][l] @ (q @ k.T) / H
-                zt = zt + fx["att_t"][l] @ (v @ ws.wo[b, 0, l, h]) / H
-            z = torch.cat([zs, zt])
-            ua = fx["a_att"][l] @ z
+                q = torch.cat([ws.wq[b, 0, m, h], ws.bq[b, 0, m, h][None]])
+                k = torch.cat([ws.wk[b, 0, m, h], ws.bk[b, 0, m, h][None]])
+                v = torch.cat([ws.wv[b, 0, m, h], ws.bv[b, 0, m, h][None]])
+                s, t = s + q @ k.T / H, t + v @ ws.wo[b, 0, m, h] / H
+            z.append(torch.cat([s.flatten(), t.flatten()]))
+        for l in range(L):
+            shared = {
+                n: layer.bias[n][0, l] + sum(fx[f"{n}_glob"][l, :, m] @ u[m] + fx[f"{n}_att"][l, :, m] @ z[m]
+                                             for m in range(L))
+                for n in ("a", "b", "bo", "bb")
+            }  # fmt: skip
             for j in range(ws.spec.d_mlp):
-                assert torch.allclose(out.wa[b, 0, l, :, j], ua[:-1])
-                assert torch.allclose(out.ba[b, 0, l, j], ua[-1])
-                assert torch.allclose(out.wb[b, 0, l, j], fx["b_att"][l] @ z)
-            assert torch.allclose(out.bb[b, 0, l], fx["bb_att"][l] @ z)
-            assert out.wq[b, 0, l].abs().max() == 0 and out.bo[b, 0, l].abs().max() == 0
+                assert torch.allclose(out.wa[b, 0, l, :, j], shared["a"][:-1])
+                assert torch.allclose(out.ba[b, 0, l, j], shared["a"][-1])
+                assert torch.allclose(out.wb[b, 0, l, j], shared["b"])
+            assert torch.allclose(out.bo[b, 0, l], shared["bo"])
+            assert torch.allclose(out.bb[b, 0, l], shared["bb"])
+            assert out.wq[b, 0, l].abs().max() == 0 and out.wo[b, 0, l].abs().max() == 0
 
 
 def test_attention_to_mlp_off_drops_exactly_those_terms():
     ws = _space(batch=2)
     on, off = TransformerLinear(ws.spec, 2, 3).double(), TransformerLinear(ws.spec, 2, 3, False).double()
     extra = set(on.state_dict()) - set(off.state_dict())
-    assert extra and all(name.endswith("att") or "att_" in name for name in extra)
+    assert extra and all(name.endswith("_att") for name in extra)
     on.load_state_dict(off.state_dict(), strict=False)
     with torch.no_grad():
-        for name in ("a_att", "b_att", "bb_att"):
+        for name in ("a_att", "b_att", "bo_att", "bb_att"):
             on.mix[name].zero_()
     assert _rel_diff(on(ws), off(ws)) == 0
     on.reset_parameters()
@@ -201,3 +200,19 @@ def test_wrong_input_is_refused():
     ws = _space(channels=2)
     with pytest.raises(ValueError, match="channels"):
         TransformerLinear(ws.spec, 3, 3).double()(ws)
+
+
+def test_io_weights_enter_the_prediction_and_keep_it_invariant():
+    """The embedding/classifier weights (untouched by the group) change the output, and the output is still
+    invariant when only the encoder blocks move; a model built for them refuses to run without them."""
+    ws = _space(channels=1, batch=4)
+    io = torch.randn(4, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    model = TransformerNFN(ws.spec, hidden_channels=(2,), io_features=6).double()
+    g = random_group_element(ws, scale_range=1e3, generator=torch.Generator().manual_seed(2))
+    out = model(ws, io)
+    assert torch.allclose(model(g.act(ws), io), out, rtol=1e-7, atol=1e-9)
+    assert (model(ws, io.flip(0)) - out).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="io weights"):
+        model(ws)
+    with pytest.raises(ValueError, match="io weights"):
+        model(ws, io[:, :5])

@@ -12,7 +12,7 @@ from transformers import ViTConfig, ViTModel
 from nfn_ext import AccuracyPredictor, TransformerWeightSpace, random_group_element
 from nfn_ext.transformer_baselines import TransformerFlatMLP, TransformerPermutationNFN, weight_statistics
 from nfn_ext.transformer_group import AttentionGroupElement
-from nfn_ext.transformer_zoo import SmallViT, build_transformer_zoo, load_transformer_zoo
+from nfn_ext.transformer_zoo import IO_PARAMETERS, SmallViT, build_transformer_zoo, load_transformer_zoo
 from nfn_ext.zoo import main as zoo_main
 from tests.nfn_ext.transformer_models import make
 
@@ -41,6 +41,12 @@ def test_zoo_builds_resumes_and_loads(tiny_zoo):
     assert set(zoo.epoch.tolist()) <= {1, 2, 4, 8}
     assert ((zoo.accuracy >= 0) & (zoo.accuracy <= 1)).all()
     assert zoo.weights.spec.num_heads == 2 and zoo.weights.spec.d_model == 16
+    # io: the embedding and classifier of every checkpoint, in the order of IO_PARAMETERS
+    ckpts = torch.load(tiny_zoo / "members" / "00000.pt", weights_only=True)["checkpoints"]
+    record = next(c for c in ckpts if c["finite"])["state_dict"]
+    first = torch.cat([record[k].flatten() for k in IO_PARAMETERS])
+    assert zoo.io.shape == (len(zoo), 16 * 16 + 16 + 10 * 16 + 10) and torch.equal(zoo.io[0], first)
+    assert torch.equal(zoo.subset(torch.tensor([1, 0])).io, zoo.io[[1, 0]])
     stamp = (tiny_zoo / "members" / "00000.pt").stat().st_mtime_ns
     build_transformer_zoo(tiny_zoo, n=3, progress=False)  # nothing left to do
     assert (tiny_zoo / "members" / "00000.pt").stat().st_mtime_ns == stamp
@@ -106,6 +112,12 @@ def test_permutation_baseline_is_invariant_to_permutations_only():
     g = random_group_element(ws, scale_range=10.0, generator=torch.Generator().manual_seed(0))
     assert (net(g.act(ws)) - out).abs().max() > 1e-3
     assert TransformerFlatMLP(ws.spec).double()(ws).shape == (3, 1)
+    io = torch.randn(3, 5, dtype=torch.float64)
+    for cls in (TransformerFlatMLP, TransformerPermutationNFN):
+        baseline = cls(ws.spec, io_features=5).double()
+        assert (baseline(ws, io) - baseline(ws, io.flip(0))).abs().max() > 0
+        with pytest.raises(ValueError, match="io weights"):
+            baseline(ws)
 
 
 def test_weight_statistics_match_numpy():
