@@ -8,7 +8,9 @@ of the zoo's members (all their checkpoints), and trains on the rest:
   ablation of :class:`~nfn_ext.transformer_nfn.TransformerLinear`;
 - ``mlp``: an MLP on the flattened weights;
 - ``np``: an NP-style model invariant to head and hidden-neuron permutations only;
-- ``statnn_gbt``: STATNN weight statistics with scikit-learn's ``GradientBoostingRegressor``.
+- ``statnn_gbt``: STATNN weight statistics with scikit-learn's ``GradientBoostingRegressor``;
+- ``invariant_gbt`` (diagnostic): the same gradient boosting on Transformer-NFN's invariant features of the
+  raw weights (:class:`~nfn_ext.transformer_nfn.TransformerInvariantPool`), invariant like Transformer-NFN.
 
 Each model is scored on the clean held-out models and on the same models moved by random attention-group
 elements (head/neuron permutations and per-head ``GL`` maps with singular values in ``[1/s, s]``). The neural
@@ -37,12 +39,14 @@ from tqdm.auto import tqdm
 
 from nfn_ext import TransformerNFN, random_group_element
 from nfn_ext.transformer_baselines import TransformerFlatMLP, TransformerPermutationNFN, weight_statistics
+from nfn_ext.transformer_nfn import TransformerInvariantPool
 from nfn_ext.transformer_predictor import Inputs, fit, kendall_tau, predict_logits
 from nfn_ext.transformer_space import TransformerWeightSpace, TransformerWeightSpaceSpec
 from nfn_ext.transformer_zoo import TransformerZoo, build_transformer_zoo, load_transformer_zoo
 
 MODELS = (
     "transformer_nfn", "nfn_pool_only", "nfn_pool_only_wide", "mlp", "np", "np_wide", "statnn_gbt",
+    "invariant_gbt",
 )  # fmt: skip
 
 
@@ -87,6 +91,8 @@ def settings(
         }
     if model == "statnn_gbt":
         return {f"depth{d}": d for d in args.gbt_depths}
+    if model == "invariant_gbt":
+        return {f"depth{d}": d for d in args.invariant_gbt_depths}
     target = _count(nfn((max(args.channels),), hh))  # the widest Transformer-NFN without the z terms
     if model == "nfn_pool_only":
         return {f"h{hh}": lambda: nfn((), hh)}
@@ -119,15 +125,17 @@ def run_setting(
     torch.manual_seed(seed)
     start = time.perf_counter()
     curve: list[float] = []
-    if model == "statnn_gbt":
+    if model in ("statnn_gbt", "invariant_gbt"):
         from sklearn.ensemble import GradientBoostingRegressor
 
         gbt = GradientBoostingRegressor(
             n_estimators=300, max_depth=build, learning_rate=0.05, random_state=seed
         )
+        pool = TransformerInvariantPool(zoo.weights.spec, 1)
+        stats = weight_statistics if model == "statnn_gbt" else pool
 
-        def features(x: Inputs) -> Tensor:  # STATNN statistics (and the raw io weights)
-            return torch.cat([weight_statistics(x[0]), x[1]], 1) if args.io else weight_statistics(x)
+        def features(x: Inputs) -> Tensor:  # weight statistics (and the raw io weights)
+            return torch.cat([stats(x[0]), x[1]], 1) if args.io else stats(x)
 
         gbt.fit(features(inputs(train)).numpy(), train.accuracy.numpy())
         params = sum(t.tree_.node_count for t in gbt.estimators_.ravel())
@@ -169,7 +177,8 @@ def run(zoo: TransformerZoo, model: str, seed: int, args: argparse.Namespace) ->
     tried = []
     io = zoo.io.shape[1] if args.io else 0
     for setting, build in settings(model, zoo.weights.spec, io, args).items():
-        tag = f"v4_n{args.n}_io{int(args.io)}_{model}_{setting}_e{args.epochs}_s{seed}"
+        lr = "" if args.lr == 1e-3 else f"_lr{args.lr:g}"
+        tag = f"v4_n{args.n}_io{int(args.io)}_{model}_{setting}_e{args.epochs}{lr}_s{seed}"
         cache = Path(args.root) / "tau" / f"{tag}.json"
         if cache.exists():
             result = json.loads(cache.read_text())
@@ -244,6 +253,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--gbt-depths", type=int, nargs="+", default=[2, 4, 6], help="chosen on validation")
     parser.add_argument(
+        "--invariant-gbt-depths", type=int, nargs="+", default=[4], help="chosen on validation"
+    )
+    parser.add_argument(
         "--io",
         type=lambda v: v == "on",
         default=True,
@@ -288,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
         cells = [
             model,
             ", ".join(r["setting"] for r in runs),
-            "/".join(f"{p:,}" for p in params) + (" nodes" if model == "statnn_gbt" else ""),
+            "/".join(f"{p:,}" for p in params) + (" nodes" if model.endswith("gbt") else ""),
             ", ".join(str(r["best_epoch"]) for r in runs) if runs[0]["best_epoch"] else "-",
             f"{statistics.mean(r['seconds'] for r in runs):.0f}",
             _mean_std([r["val_tau"] for r in runs]),
