@@ -212,6 +212,8 @@ def test_io_weights_enter_the_prediction_and_keep_it_invariant():
     out = model(ws, io)
     assert torch.allclose(model(g.act(ws), io), out, rtol=1e-7, atol=1e-9)
     assert (model(ws, io.flip(0)) - out).abs().max() > 1e-4
+    out.square().sum().backward()
+    assert model.io.weight.grad.abs().min() > 0  # every io weight reaches the output
     with pytest.raises(ValueError, match="io weights"):
         model(ws)
     with pytest.raises(ValueError, match="io weights"):
