@@ -127,13 +127,15 @@ def kirwls_key_value_weights(
         valid: Tensor,
         chunk_bytes: int = GRAM_CHUNK_BYTES,
 ) -> tuple[Tensor, Tensor]:
-    """KIRWLS weights of the joint ``[k; v]`` Gram and of the key Gram, ``(w^kv, w^k)``, each ``[B, H, N]``:
+    r"""KIRWLS weights of the joint ``[k; v]`` Gram and of the key Gram, ``(w^kv, w^k)``, each ``[B, H, N]``:
     :func:`kirwls_weights` on the two Grams of :func:`key_value_grams`, solved as one batch.
 
-    Without gradients both Grams go into one buffer. With one iteration only :math:`G w` for the uniform
-    ``w`` is needed: on the CPU it is computed in chunks of batch-head rows of ``chunk_bytes``
-    (``GRAM_CHUNK_BYTES``), each Gram block exponentiated and multiplied while still in cache, and the Grams
-    are never stored whole. Shapes: ``k, v`` ``[B, H, N, D]``, ``valid`` ``[B, H, N]``.
+    Keys must have unit norm (as RKDE's are): without gradients the key Gram is then one matmul of the keys
+    themselves, :math:`\log G^k = \tfrac{2}{\sigma}(k k^\top - 1)`, and both Grams go into one buffer.
+    With one iteration only :math:`G w` for the uniform ``w`` is needed: on the CPU it is computed in chunks
+    of batch-head rows of ``chunk_bytes`` (``GRAM_CHUNK_BYTES``), each Gram block exponentiated and
+    multiplied while still in cache, and the Grams are never stored whole. Shapes: ``k, v``
+    ``[B, H, N, D]``, ``valid`` ``[B, H, N]``.
     """
     batch, heads, n = k.shape[0], k.shape[1], k.shape[2]
     rows = batch * heads
@@ -141,32 +143,36 @@ def kirwls_key_value_weights(
         gram_k, gram_kv = key_value_grams(k, v, bandwidth)
         return (kirwls_weights(gram_kv, iterations, loss, threshold, valid),
                 kirwls_weights(gram_k, iterations, loss, threshold, valid))
-    ak, bk = _augmented_features(k, bandwidth)
+    scale = 2 / bandwidth
     av, bv = _augmented_features(v, bandwidth)
+    keys = k.to(av.dtype).reshape(rows, n, k.shape[-1])
     valid2 = valid.reshape(1, rows, n).expand(2, rows, n)
     if iterations != 1:
-        grams = _gram_block(ak, bk, av, bv, 0, rows, ak.new_empty(2, rows, n, n))
+        grams = _gram_block(keys, av, bv, scale, 0, rows, av.new_empty(2, rows, n, n))
         weights = kirwls_weights(grams, iterations, loss, threshold, valid2)
     else:
-        uniform = _normalise(valid2.to(ak.dtype), valid2)
+        uniform = _normalise(valid2.to(av.dtype), valid2)
         chunk = rows
         if k.device.type == "cpu":
-            chunk = max(1, chunk_bytes // (2 * n * n * ak.element_size()))
-        block = ak.new_empty(2, min(chunk, rows), n, n)
+            chunk = max(1, chunk_bytes // (2 * n * n * av.element_size()))
+        block = av.new_empty(2, min(chunk, rows), n, n)
         parts: list[Tensor] = []
         for start in range(0, rows, chunk):
             stop = min(start + chunk, rows)
-            grams = _gram_block(ak, bk, av, bv, start, stop, block[:, : stop - start])
+            grams = _gram_block(keys, av, bv, scale, start, stop, block[:, : stop - start])
             parts.append((uniform[:, start:stop].unsqueeze(-2) @ grams).squeeze(-2))
         weights = _kirwls_step(torch.cat(parts, 1), uniform, uniform, valid2, loss, threshold,
                                uniform, uniform, uniform, True)[0]
     return weights[0].reshape(batch, heads, n), weights[1].reshape(batch, heads, n)
 
 
-def _gram_block(ak: Tensor, bk: Tensor, av: Tensor, bv: Tensor, start: int, stop: int, out: Tensor) -> Tensor:
-    """Joint and key Grams of batch-head rows ``start:stop`` written into ``out`` (``[2, stop - start, N,
-    N]``, joint first) from the augmented features of :func:`_augmented_features`; no autograd."""
-    torch.bmm(ak[start:stop], bk[start:stop].transpose(-2, -1), out=out[1])
+def _gram_block(
+        keys: Tensor, av: Tensor, bv: Tensor, scale: float, start: int, stop: int, out: Tensor) -> Tensor:
+    r"""Joint and key Grams of batch-head rows ``start:stop`` written into ``out`` (``[2, stop - start, N,
+    N]``, joint first), no autograd: :math:`\log G^k = s (k k^\top - 1)` for unit-norm keys, ``s = 2 /
+    sigma``, and :math:`\log G^{kv} = \log G^k + a_v b_v^\top` (:func:`_augmented_features`)."""
+    torch.baddbmm(keys.new_full((1, 1, 1), -scale), keys[start:stop], keys[start:stop].transpose(-2, -1),
+                  alpha=scale, out=out[1])
     torch.baddbmm(out[1], av[start:stop], bv[start:stop].transpose(-2, -1), out=out[0])
     out.diagonal(dim1=-2, dim2=-1).zero_()
     return out.exp_()
