@@ -19,7 +19,7 @@ from .functional import (
     block_assignment,
     kde_attention,
     key_value_grams,
-    kirwls_weights_from_distances,
+    kirwls_key_value_weights,
     mom_attention_map,
     spkde_weights,
     valid_keys,
@@ -32,7 +32,7 @@ __all__ = ["KDEAttention", "RKDEAttention", "SPKDEAttention", "MoMAttention"]
 # Data-dependent steps (iterative solvers, shape checks, median choices, branches on the mask) are leaves for
 # torch.fx, as timm does for its own mask helpers: torch.fx.wrap for plain symbolic tracing, timm's registry
 # for timm's and torchvision's feature extractors.
-for _name in ("key_value_grams", "kirwls_weights_from_distances", "spkde_weights"):
+for _name in ("key_value_grams", "kirwls_key_value_weights", "spkde_weights"):
     torch.fx.wrap(_name)
     register_notrace_function(globals()[_name])
 del _name
@@ -227,10 +227,8 @@ class RKDEAttention(_WeightedKDEAttention):
             return uniform, uniform
         if not self.weight_grad:  # constants in the backward pass: no graph is recorded for them
             k, v = k.detach(), v.detach()
-        dist_k, dist_kv = key_value_grams(k, v, self.bandwidth, True)
-        weight_num = kirwls_weights_from_distances(dist_kv, self.iterations, self.loss, self.threshold, valid)
-        weight_den = kirwls_weights_from_distances(dist_k, self.iterations, self.loss, self.threshold, valid)
-        return weight_num, weight_den
+        return kirwls_key_value_weights(
+            k, v, self.bandwidth, self.iterations, self.loss, self.threshold, valid)
 
 
 class SPKDEAttention(_WeightedKDEAttention):

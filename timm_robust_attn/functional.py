@@ -72,14 +72,19 @@ def gaussian_gram(x: Tensor, bandwidth: float) -> Tensor:
     return torch.exp(-dist / bandwidth)
 
 
-def key_value_grams(k: Tensor, v: Tensor, bandwidth: float, distances: bool = False) -> tuple[Tensor, Tensor]:
-    r"""Key Gram (unit-norm keys) and joint ``[k; v]`` Gram, both ``[B, H, N, N]``; with ``distances=True``
-    the kernel distances :math:`D = 1 - G` instead (formed in place: no extra ``N x N`` buffer).
+GRAM_CHUNK_BYTES = 1 << 20
+"""Working set of one-iteration KIRWLS on the CPU: batch-head rows are processed in chunks whose two ``N x N``
+Gram blocks take at most this many bytes (about an L2 cache), so each block is exponentiated and summed while
+still in cache, and no ``B*H x N x N`` buffer is allocated per call."""
+
+
+def key_value_grams(k: Tensor, v: Tensor, bandwidth: float) -> tuple[Tensor, Tensor]:
+    r"""Key Gram (unit-norm keys) and joint ``[k; v]`` Gram, both ``[B, H, N, N]``.
 
     Computed in float32 (float64 for float64 inputs). Each Gram is the ``exp`` of a scaled negative squared
     distance; the joint Gram of concatenated features is the elementwise product of the key and value Grams,
-    so the pair costs two ``N x N x D`` matmuls on features augmented so that the inner product is the
-    scaled negative squared distance, one add and two ``exp``:
+    so the pair costs two ``N x N x (D + 2)`` matmuls on features augmented so that the inner product is the
+    scaled negative squared distance (the second accumulating onto the first) and two ``exp``:
 
     .. math::
         \log G^{k}_{jl} = -\tfrac{1}{\sigma}\lVert k_j - k_l \rVert^2,\qquad
@@ -89,28 +94,88 @@ def key_value_grams(k: Tensor, v: Tensor, bandwidth: float, distances: bool = Fa
     :math:`\lVert x_j\rVert^2 + \lVert x_l\rVert^2 - 2x_j^\top x_l` at the scale of the distances;
     the diagonal is exactly 1, so identical tokens give a Gram of exact ones.
     """
-    n = k.shape[-2]
-    shape = list(k.shape[:-2]) + [n, n]
-    dtype = torch.float64 if k.dtype == torch.float64 else torch.float32
-    log_k = _centred_log_gram(k, n, dtype, bandwidth)
-    log_kv = _centred_log_gram(v, n, dtype, bandwidth).add_(log_k)
+    shape = list(k.shape[:-1]) + [k.shape[-2]]
+    ak, bk = _augmented_features(k, bandwidth)
+    av, bv = _augmented_features(v, bandwidth)
+    log_k = torch.bmm(ak, bk.transpose(-2, -1))
     log_k.diagonal(dim1=-2, dim2=-1).zero_()
+    log_kv = torch.baddbmm(log_k, av, bv.transpose(-2, -1))
     log_kv.diagonal(dim1=-2, dim2=-1).zero_()
-    if distances and log_k.requires_grad:
-        return 1 - log_k.exp().reshape(shape), 1 - log_kv.exp().reshape(shape)
-    if distances:
-        return log_k.exp_().neg_().add_(1).reshape(shape), log_kv.exp_().neg_().add_(1).reshape(shape)
+    if log_k.requires_grad:
+        return log_k.exp().reshape(shape), log_kv.exp().reshape(shape)
     return log_k.exp_().reshape(shape), log_kv.exp_().reshape(shape)
 
 
-def _centred_log_gram(x: Tensor, n: int, dtype: torch.dtype, bandwidth: float) -> Tensor:
-    """:math:`-\\lVert x_j - x_l \\rVert^2 / \\sigma` as one matmul of augmented, row-centred features,
-    ``[B * H, N, N]``."""
-    x = x.to(dtype).reshape(-1, n, x.shape[-1])
-    x = (x - x.mean(-2, keepdim=True)) * math.sqrt(2 / bandwidth)
-    ones = x.new_ones(x.shape[0], n, 1)
-    sq = x.pow(2).sum(-1, keepdim=True) / 2
-    return torch.cat([x, -sq, ones], -1) @ torch.cat([x, ones, -sq], -1).transpose(-2, -1)
+def _augmented_features(x: Tensor, bandwidth: float) -> tuple[Tensor, Tensor]:
+    """Row-centred features ``a, b`` of shape ``[B * H, N, D + 2]`` (float32, float64 for float64 input)
+    with :math:`a_j^\\top b_l = -\\lVert x_j - x_l \\rVert^2 / \\sigma`."""
+    n = x.shape[-2]
+    x = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32).reshape(-1, n, x.shape[-1])
+    x = (x - x.mean(-2, keepdim=True)).mul_(math.sqrt(2 / bandwidth))
+    half_sq = torch.linalg.vector_norm(x, dim=-1, keepdim=True).pow(2).mul(-0.5)
+    ones = torch.ones_like(half_sq)
+    return torch.cat([x, half_sq, ones], -1), torch.cat([x, ones, half_sq], -1)
+
+
+def kirwls_key_value_weights(
+        k: Tensor,
+        v: Tensor,
+        bandwidth: float,
+        iterations: int,
+        loss: str,
+        threshold: float | tuple[float, float, float] | None,
+        valid: Tensor,
+        chunk_bytes: int = GRAM_CHUNK_BYTES,
+) -> tuple[Tensor, Tensor]:
+    r"""KIRWLS weights of the joint ``[k; v]`` Gram and of the key Gram, ``(w^kv, w^k)``, each ``[B, H, N]``:
+    :func:`kirwls_weights` on the two Grams of :func:`key_value_grams`, solved as one batch.
+
+    Keys must have unit norm (as RKDE's are): without gradients the key Gram is then one matmul of the keys
+    themselves, :math:`\log G^k = \tfrac{2}{\sigma}(k k^\top - 1)`, and both Grams go into one buffer.
+    With one iteration only :math:`G w` for the uniform ``w`` is needed: on the CPU it is computed in chunks
+    of batch-head rows of ``chunk_bytes`` (``GRAM_CHUNK_BYTES``), each Gram block exponentiated and
+    multiplied while still in cache, and the Grams are never stored whole. Shapes: ``k, v``
+    ``[B, H, N, D]``, ``valid`` ``[B, H, N]``.
+    """
+    batch, heads, n = k.shape[0], k.shape[1], k.shape[2]
+    rows = batch * heads
+    if k.requires_grad or v.requires_grad:
+        gram_k, gram_kv = key_value_grams(k, v, bandwidth)
+        return (kirwls_weights(gram_kv, iterations, loss, threshold, valid),
+                kirwls_weights(gram_k, iterations, loss, threshold, valid))
+    scale = 2 / bandwidth
+    av, bv = _augmented_features(v, bandwidth)
+    keys = k.to(av.dtype).reshape(rows, n, k.shape[-1])
+    valid2 = valid.reshape(1, rows, n).expand(2, rows, n)
+    if iterations != 1:
+        grams = _gram_block(keys, av, bv, scale, 0, rows, av.new_empty(2, rows, n, n))
+        weights = kirwls_weights(grams, iterations, loss, threshold, valid2)
+    else:
+        uniform = _normalise(valid2.to(av.dtype), valid2)
+        chunk = rows
+        if k.device.type == "cpu":
+            chunk = max(1, chunk_bytes // (2 * n * n * av.element_size()))
+        block = av.new_empty(2, min(chunk, rows), n, n)
+        parts: list[Tensor] = []
+        for start in range(0, rows, chunk):
+            stop = min(start + chunk, rows)
+            grams = _gram_block(keys, av, bv, scale, start, stop, block[:, : stop - start])
+            parts.append((uniform[:, start:stop].unsqueeze(-2) @ grams).squeeze(-2))
+        weights = _kirwls_step(torch.cat(parts, 1), uniform, uniform, valid2, loss, threshold,
+                               uniform, uniform, uniform, True)[0]
+    return weights[0].reshape(batch, heads, n), weights[1].reshape(batch, heads, n)
+
+
+def _gram_block(
+        keys: Tensor, av: Tensor, bv: Tensor, scale: float, start: int, stop: int, out: Tensor) -> Tensor:
+    r"""Joint and key Grams of batch-head rows ``start:stop`` written into ``out`` (``[2, stop - start, N,
+    N]``, joint first), no autograd: :math:`\log G^k = s (k k^\top - 1)` for unit-norm keys, ``s = 2 /
+    sigma``, and :math:`\log G^{kv} = \log G^k + a_v b_v^\top` (:func:`_augmented_features`)."""
+    torch.baddbmm(keys.new_full((1, 1, 1), -scale), keys[start:stop], keys[start:stop].transpose(-2, -1),
+                  alpha=scale, out=out[1])
+    torch.baddbmm(out[1], av[start:stop], bv[start:stop].transpose(-2, -1), out=out[0])
+    out.diagonal(dim1=-2, dim2=-1).zero_()
+    return out.exp_()
 
 
 def psi_over_r(r: Tensor, loss: str, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
@@ -165,12 +230,11 @@ def kirwls_weights(
 ) -> Tensor:
     r"""Robust-KDE weights by kernelised iteratively re-weighted least squares (Kim & Scott, 2012).
 
-    Starting from :math:`w_j = 1/N`, each iteration computes the RKHS residuals, in the cancellation-free
-    form on :math:`D = 1 - G` (exact zero diagonal) that sums terms of the residuals' own size,
+    Starting from :math:`w_j = 1/N`, each iteration computes the RKHS residuals (the Gram diagonal is taken as
+    exactly 1)
 
     .. math::
-        r_j^2 = \lVert \phi_j - \textstyle\sum_l w_l \phi_l \rVert^2
-              = 2 \sum_l w_l D_{jl} - \sum_{l,m} w_l w_m D_{lm}
+        r_j^2 = \lVert \phi_j - \textstyle\sum_l w_l \phi_l \rVert^2 = 1 - 2 (G w)_j + w^\top G w
 
     and sets :math:`w_j \propto \psi(r_j)/r_j`. ``threshold=None`` picks ``a`` (and Hampel's ``b, c``) as
     the median (and 75th, 95th percentiles, at least ``THRESHOLD_GAP`` apart) of the first residuals per
@@ -180,7 +244,7 @@ def kirwls_weights(
     Hampel's ``c``, get uniform weights.
 
     Args:
-        gram: Kernel Gram matrix, ``[..., N, N]``; its diagonal is taken as exactly 1.
+        gram: Kernel Gram matrix (symmetric), ``[..., N, N]``.
         iterations: Number of re-weighting steps; 0 returns the uniform (KDE) weights.
         loss: ``"huber"`` or ``"hampel"``.
         threshold: See above.
@@ -189,41 +253,36 @@ def kirwls_weights(
     Returns:
         Weights on the simplex over the valid keys, ``[..., N]``.
     """
-    dist = 1 - gram
-    dist.diagonal(dim1=-2, dim2=-1).zero_()
-    return kirwls_weights_from_distances(dist, iterations, loss, threshold, valid)
-
-
-def kirwls_weights_from_distances(
-        dist: Tensor,
-        iterations: int,
-        loss: str = "huber",
-        threshold: float | tuple[float, float, float] | None = None,
-        valid: Tensor | None = None,
-        spread_tol: float = SPREAD_TOL,
-) -> Tensor:
-    """:func:`kirwls_weights` on kernel distances ``D = 1 - G`` (zero diagonal), ``[..., N, N]``, as
-    :func:`key_value_grams` returns them with ``distances=True``: saves forming ``1 - G``.
-    ``spread_tol`` is ``SPREAD_TOL`` (an argument so that TorchScript sees no module constant)."""
-    if loss not in ("huber", "hampel"):
-        raise ValueError("loss must be one of ('huber', 'hampel'), got " + loss)
     if valid is None:
-        valid = torch.ones(dist.shape[:-1], dtype=torch.bool, device=dist.device)
-    uniform = _normalise(torch.ones_like(dist[..., 0]), valid)
+        valid = torch.ones(gram.shape[:-1], dtype=torch.bool, device=gram.device)
+    uniform = _normalise(torch.ones_like(gram[..., 0]), valid)
     w = uniform
     a = b = c = w  # thresholds, set from the first residuals
     for step in range(iterations):
-        dw = (w.unsqueeze(-2) @ dist).squeeze(-2)  # = D w, D symmetric (row form is the faster bmm)
-        r2 = (2 * dw - (w * dw).sum(-1, keepdim=True)).clamp_min(spread_tol)
-        spread = (r2.masked_fill(~valid, 0).amax(-1, keepdim=True)
-                  - r2.masked_fill(~valid, float("inf")).amin(-1, keepdim=True))
-        r = r2.sqrt()
-        if step == 0:
-            a, b, c = _thresholds(r, valid, loss, threshold)
-        u = psi_over_r(r, loss, a, b, c) * valid
-        degenerate = (spread <= spread_tol) | (u.sum(-1, keepdim=True) == 0)
-        w = torch.where(degenerate, uniform, _normalise(u, valid))
+        gram_w = (w.unsqueeze(-2) @ gram).squeeze(-2)  # = G w, G symmetric (row form is the faster bmm)
+        w, a, b, c = _kirwls_step(gram_w, w, uniform, valid, loss, threshold, a, b, c, step == 0)
     return w
+
+
+def _kirwls_step(
+        gram_w: Tensor, w: Tensor, uniform: Tensor, valid: Tensor, loss: str,
+        threshold: float | tuple[float, float, float] | None, a: Tensor, b: Tensor, c: Tensor, first: bool,
+        spread_tol: float = SPREAD_TOL,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One KIRWLS re-weighting from :math:`G w`, ``[..., N]``: the new weights and the thresholds ``(a, b,
+    c)`` (set from these residuals when ``first``). ``spread_tol`` is ``SPREAD_TOL`` (an argument so that
+    TorchScript sees no module constant)."""
+    if loss not in ("huber", "hampel"):
+        raise ValueError("loss must be one of ('huber', 'hampel'), got " + loss)
+    r2 = (1 - 2 * gram_w + (w * gram_w).sum(-1, keepdim=True)).clamp_min(spread_tol)
+    spread = (r2.masked_fill(~valid, 0).amax(-1, keepdim=True)
+              - r2.masked_fill(~valid, float("inf")).amin(-1, keepdim=True))
+    r = r2.sqrt()
+    if first:
+        a, b, c = _thresholds(r, valid, loss, threshold)
+    u = psi_over_r(r, loss, a, b, c) * valid
+    degenerate = (spread <= spread_tol) | (u.sum(-1, keepdim=True) == 0)
+    return torch.where(degenerate, uniform, _normalise(u, valid)), a, b, c
 
 
 def project_simplex(x: Tensor) -> Tensor:

@@ -11,6 +11,7 @@ from timm_robust_attn.functional import (
     gaussian_gram,
     kde_attention,
     key_value_grams,
+    kirwls_key_value_weights,
     kirwls_weights,
     mom_attention,
     project_simplex,
@@ -117,6 +118,53 @@ def test_key_value_gram_is_product_of_grams():
     gram_k, gram_kv = key_value_grams(k, v, 3.0)
     torch.testing.assert_close(gram_k, gaussian_gram(k, 3.0), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(gram_kv, gaussian_gram(torch.cat([k, v], -1), 3.0), atol=1e-6, rtol=1e-5)
+
+
+def direct_kirwls_pair(k, v, bandwidth, iterations, loss, threshold, valid):
+    """(w^kv, w^k) from explicit Grams of the concatenated / key features in float64."""
+    gram_kv = gaussian_gram(torch.cat([k, v], -1).double(), bandwidth)
+    gram_k = gaussian_gram(k.double(), bandwidth)
+    return tuple(kirwls_weights(g, iterations, loss, threshold, valid) for g in (gram_kv, gram_k))
+
+
+@pytest.mark.parametrize("loss, threshold", [("huber", None), ("hampel", None), ("huber", 0.3)])
+@pytest.mark.parametrize("iterations", [1, 2])
+@pytest.mark.parametrize("chunk_bytes", [1, 3 * 2 * 9 * 9 * 4, 1 << 20])
+def test_kirwls_key_value_weights_match_direct_grams(loss, threshold, iterations, chunk_bytes):
+    """Chunked one-iteration path (1 and 3 batch-head rows per chunk: 5 rows leave a ragged last chunk),
+    one-buffer path (2 iterations), under a key mask, against explicit float64 Grams."""
+    _, k, v = qkv(batch=5, heads=1)
+    valid = torch.rand(5, 1, 9) > 0.3
+    valid[..., 0] = True
+    w_num, w_den = kirwls_key_value_weights(k, v, 3.0, iterations, loss, threshold, valid, chunk_bytes)
+    exp_num, exp_den = direct_kirwls_pair(k, v, 3.0, iterations, loss, threshold, valid)
+    torch.testing.assert_close(w_num.double(), exp_num, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(w_den.double(), exp_den, rtol=1e-4, atol=1e-6)
+    assert torch.all(w_num[~valid] == 0) and torch.all(w_den[~valid] == 0)
+
+
+@pytest.mark.parametrize("iterations", [1, 3])
+def test_kirwls_key_value_weights_with_gradients_equal_constant_path(iterations):
+    _, k, v = qkv()
+    valid = torch.ones(2, 3, 9, dtype=torch.bool)
+    constant = kirwls_key_value_weights(k, v, 3.0, iterations, "huber", None, valid)
+    k.requires_grad_(True)
+    with_grad = kirwls_key_value_weights(k, v, 3.0, iterations, "huber", None, valid)
+    assert with_grad[0].requires_grad and not constant[0].requires_grad
+    for a, b in zip(with_grad, constant):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    with_grad[0].sum().backward()
+    assert k.grad is not None
+
+
+def test_kirwls_key_value_weights_in_float64():
+    _, k, v = qkv()
+    k, v = F.normalize(k.double(), dim=-1), v.double()
+    valid = torch.ones(2, 3, 9, dtype=torch.bool)
+    w64 = kirwls_key_value_weights(k, v, 3.0, 1, "hampel", None, valid)
+    assert w64[0].dtype == torch.float64
+    for a, b in zip(w64, direct_kirwls_pair(k, v, 3.0, 1, "hampel", None, valid)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_project_simplex_matches_bisection():

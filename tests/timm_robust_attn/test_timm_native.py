@@ -113,7 +113,7 @@ def test_fx_graph_forward_equals_eager_and_backward_reaches_every_parameter(mode
 
 @pytest.mark.parametrize("attn", ["rkde", "spkde", "mom"])
 def test_data_dependent_steps_are_fx_leaves(attn):
-    leaf = {"rkde": "kirwls_weights_from_distances", "spkde": "spkde_weights",
+    leaf = {"rkde": "kirwls_key_value_weights", "spkde": "spkde_weights",
             "mom": "mom_attention_blocks"}[attn]
     nodes = get_graph_node_names(make("vit", attn))[1]
     assert f"blocks.0.attn.{leaf}" in nodes
