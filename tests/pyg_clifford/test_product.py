@@ -43,7 +43,7 @@ def test_weighted_product_passes_gradcheck(metric: tuple[float, ...]) -> None:
     layer = SteerableGeometricProduct(3, algebra).double()
     blades, index = algebra.num_blades, layer.product_index()
     generator = torch.Generator().manual_seed(0)
-    x, y = torch.randn(2, blades, 4, 3, dtype=torch.float64, generator=generator).requires_grad_().unbind()
+    x, y = torch.randn(2, blades, 3, 4, dtype=torch.float64, generator=generator).requires_grad_().unbind()
     weight = torch.randn(3, layer.num_triplets, dtype=torch.float64, generator=generator, requires_grad=True)
 
     def product(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -65,17 +65,17 @@ def test_fused_invariant_layers_pass_gradcheck(metric: tuple[float, ...]) -> Non
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, dtype=torch.float64, generator=generator).requires_grad_()
 
-    x = rand(algebra.num_blades, 5, 3)
+    x = rand(algebra.num_blades, 3, 5)
     alpha, beta, a = (
-        rand(algebra.num_grades, 1, 3),
-        rand(algebra.num_grades, 1, 3),
-        rand(algebra.num_grades, 1, 3),
+        rand(algebra.num_grades, 3, 1),
+        rand(algebra.num_grades, 3, 1),
+        rand(algebra.num_grades, 3, 1),
     )
     squares = algebra.blade_squares(torch.float64)
     checks = [
         (lambda x, al, be: _GradeGate.apply(x, al, be, tables), (x, alpha, beta)),
         (lambda x, a: _GradeNormalise.apply(x, a, tables, 1e-12), (x, a)),
-        (lambda x, s: _LayerNormalise.apply(x, s, squares, 1e-6), (x, rand(3))),
+        (lambda x, s: _LayerNormalise.apply(x, s, squares, 1e-6), (x, rand(3, 1))),
     ]
     for function, inputs in checks:
         assert torch.autograd.gradcheck(function, inputs)
@@ -86,7 +86,7 @@ def test_weighted_product_equals_the_signed_gather() -> None:
     r"""z_{c,j} = s sum_i sigma_ij w_{c,t(i,j)} x_{c,i} y_{c,i xor j}, evaluated with explicit loops."""
     algebra = CliffordAlgebra((1.0, -1.0, 0.5)).double()
     layer = perturbed(SteerableGeometricProduct(2, algebra).double())
-    x, y = torch.randn(2, 8, 3, 2, dtype=torch.float64).unbind()
+    x, y = torch.randn(2, 8, 2, 3, dtype=torch.float64).unbind()
     tables = product_tables(layer.weight.detach(), layer.product_index(), 8, 0.7)
     z = WeightedGeometricProduct.apply(x, y, layer.weight, tables, layer.product_index(), 0.7)
     expected = torch.zeros_like(z)
@@ -95,7 +95,7 @@ def test_weighted_product_equals_the_signed_gather() -> None:
         for j in range(8):
             k = int(algebra.right_index[i, j])
             weight = layer.weight[:, triplet[i, j]] * algebra.sign[i, j] * 0.7
-            expected[j] += weight * x[i] * y[k]
+            expected[j] += weight[:, None] * x[i] * y[k]
     torch.testing.assert_close(z, expected)
 
 
@@ -103,7 +103,7 @@ def test_compiled_gather_formulation_equals_the_product_function() -> None:
     """Inside torch.compile the layer uses gather_product; it must equal the eager function, gradients too."""
     algebra = CliffordAlgebra((1.0, -1.0, -1.0, -1.0)).double()
     layer = perturbed(SteerableGeometricProduct(3, algebra).double())
-    x, y = torch.randn(2, 16, 5, 3, dtype=torch.float64).requires_grad_().unbind()
+    x, y = torch.randn(2, 16, 3, 5, dtype=torch.float64).requires_grad_().unbind()
     scale = 1 / math.sqrt(2)
     eager = WeightedGeometricProduct.apply(
         x, y, layer.weight, layer.product_tables(), layer.product_index(), scale
@@ -182,7 +182,7 @@ def test_gradenorm_and_layernorm_formulas() -> None:
 
 def test_blade_major_round_trip_and_empty_inputs() -> None:
     x = torch.randn(2, 3, 4, 8)
-    assert to_blade_major(x).shape == (8, 6, 4)
+    assert to_blade_major(x).shape == (8, 4, 6)
     torch.testing.assert_close(from_blade_major(to_blade_major(x), x.shape[:-2]), x)
     layer = SteerableGeometricProduct(4, CliffordAlgebra((1.0, 1.0, 1.0)))
     assert layer(torch.randn(0, 4, 8)).shape == (0, 4, 8)
