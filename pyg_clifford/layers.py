@@ -85,17 +85,15 @@ class MVLinear(MVModule):
 
     def forward_blade_major(self, x: Tensor, residual: Tensor | None = None, alpha: float = 1.0) -> Tensor:
         r"""``residual + alpha (W x + b)``, blade-major: ``[2**n, C_in, M]`` -> ``[2**n, C_out, M]``."""
-        weight = self.weight[..., self.algebra.blade_grades].permute(2, 0, 1)  # [2**n, C_out, C_in]
-        if residual is None:
-            if self.bias is None:
+        weight = self.weight.permute(2, 0, 1)[self.algebra.blade_grades]  # [2**n, C_out, C_in], contiguous
+        if self.bias is None:
+            if residual is None:
                 return torch.bmm(weight, x) if alpha == 1.0 else torch.bmm(weight, x) * alpha
-            bias = self.bias.new_zeros(self.algebra.num_blades, self.out_channels, 1)
-            bias[0, :, 0] = self.bias * alpha
-            return torch.baddbmm(bias, weight, x, alpha=alpha)
-        out = torch.baddbmm(residual, weight, x, alpha=alpha)
-        if self.bias is not None:
-            out[0] += (self.bias * alpha)[:, None]
-        return out
+            return torch.baddbmm(residual, weight, x, alpha=alpha)
+        bias = self.bias.new_zeros(self.algebra.num_blades, self.out_channels, 1)
+        bias[0, :, 0] = self.bias * alpha
+        out = torch.baddbmm(bias, weight, x, alpha=alpha)
+        return out if residual is None else out.add_(residual)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}"
