@@ -370,14 +370,6 @@ def product_tables(
 _TILE = 2**18  # entries of the product buffer per tile (1 MiB in float32)
 
 
-def _tiles(x: Tensor) -> tuple[int, list[slice]]:
-    """The tile width and the slices of the last axis of ``x`` ``[B, C, M]`` whose ``[B, B, C, m]`` product
-    buffer holds at most ``_TILE`` entries."""
-    m = x.size(-1)
-    step = min(max(m, 1), max(1, _TILE // (x.size(0) ** 2 * x.size(1))))
-    return step, [slice(start, start + step) for start in range(0, m, step)]
-
-
 def _signed_product(a: Tensor, b: Tensor, table: Tensor, right: Tensor) -> Tensor:
     r"""``out[j] = sum_i table[i, j] a[i] b[right[i, j]]`` for blade-major ``a, b`` ``[B, C, M]`` and
     ``table`` ``[B, B, C, 1]``, from differentiable operations: a gather of ``b`` into ``[B, B, C, M]``, two
@@ -387,20 +379,39 @@ def _signed_product(a: Tensor, b: Tensor, table: Tensor, right: Tensor) -> Tenso
     return (pairs * table * a.unsqueeze(1)).sum(0)
 
 
-def _gather_pairs(b: Tensor, right: Tensor, buffer: Tensor) -> Tensor:
-    """``b[right]`` ``[B, B, C, m]`` written into the front of the flat ``buffer`` (reused across tiles)."""
-    blades, channels, width = b.shape
-    pairs = buffer[: blades * blades * channels * width].view(blades * blades, channels, width)
-    torch.index_select(b, 0, right, out=pairs)
-    return pairs.view(blades, blades, channels, width)
+class _PairTiles:
+    r"""Tiling of the batch axis of blade-major ``[B, C, M]`` operands for the eager weighted product: tiles
+    of ``width`` columns whose ``[B, B, C, width]`` pair buffer holds at most ``_TILE`` entries, and that
+    buffer, allocated once per call and reused by every tile (so it stays in cache), with the views each
+    tile needs: ``flat`` ``[B * B, C, w]`` (gather target), ``pairs`` ``[B, B, C, w]`` and ``batched``
+    ``[B * C, B, w]`` (``pairs`` with ``(i, c)`` as the batch of a matrix-vector product)."""
 
+    def __init__(self, x: Tensor) -> None:
+        blades, channels, m = x.shape
+        self.width = min(max(m, 1), max(1, _TILE // (blades * blades * channels)))
+        buffer = x.new_empty(blades * blades * channels * self.width)
+        self.views: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+        for width in {self.width, m % self.width}:
+            flat = buffer[: blades * blades * channels * width].view(blades * blades, channels, width)
+            pairs = flat.view(blades, blades, channels, width)
+            self.views[width] = (
+                flat,
+                pairs,
+                pairs.permute(1, 2, 0, 3).reshape(blades * channels, blades, width),
+            )
 
-def _signed_product_into(
-    out: Tensor, a: Tensor, b: Tensor, table: Tensor, right: Tensor, buffer: Tensor
-) -> None:
-    """:func:`_signed_product` written into ``out``, in place in ``buffer`` (no autograd)."""
-    pairs = _gather_pairs(b, right, buffer).mul_(table).mul_(a.unsqueeze(1))
-    torch.sum(pairs, 0, out=out)
+    def split(self, t: Tensor) -> tuple[Tensor, ...]:
+        return t.split(self.width, dim=-1)
+
+    def gather(self, b: Tensor, right: Tensor) -> tuple[Tensor, Tensor]:
+        """``b[right]`` into the buffer: the views ``pairs`` and ``batched``."""
+        flat, pairs, batched = self.views[b.size(-1)]
+        torch.index_select(b, 0, right, out=flat)
+        return pairs, batched
+
+    def signed_product(self, out: Tensor, a: Tensor, b: Tensor, table: Tensor, right: Tensor) -> None:
+        """:func:`_signed_product` of one tile written into ``out``; ``a`` is ``[B, 1, C, w]``."""
+        torch.sum(self.gather(b, right)[0].mul_(table).mul_(a), 0, out=out)
 
 
 class WeightedGeometricProduct(torch.autograd.Function):
@@ -434,12 +445,9 @@ class WeightedGeometricProduct(torch.autograd.Function):
         ctx.save_for_backward(x, y, weight)
         ctx.tables, ctx.index, ctx.scale = tables, index, scale
         out = torch.empty_like(x)
-        width, tiles = _tiles(x)
-        buffer = x.new_empty(x.size(0) ** 2 * x.size(1) * width)
-        for tile in tiles:
-            _signed_product_into(
-                out[..., tile], x[..., tile], y[..., tile], tables.forward, index.right, buffer
-            )
+        tiles = _PairTiles(x)
+        for o, a, b in zip(tiles.split(out), tiles.split(x.unsqueeze(1)), tiles.split(y), strict=True):
+            tiles.signed_product(o, a, b, tables.forward, index.right)
         return out
 
     @staticmethod
@@ -456,24 +464,25 @@ class WeightedGeometricProduct(torch.autograd.Function):
             grad_x = (shared * tables.left).sum(0) if needs_x else None
             pairs = (shared * x).sum(-1).transpose(0, 1) if needs_weight else None  # [i, j, C]
         else:
-            grad_x = torch.empty_like(x) if needs_x else None
-            grad_y = torch.empty_like(y) if needs_y else None
-            pairs = x.new_zeros(blades, x.size(1), blades, 1) if needs_weight else None  # [i, C, j, 1]
-            width, tiles = _tiles(x)
-            buffer = x.new_empty(blades * blades * x.size(1) * width)
-            for tile in tiles:
-                if grad_y is not None:
-                    _signed_product_into(
-                        grad_y[..., tile], x[..., tile], grad[..., tile], tables.right, index.right, buffer
-                    )
-                if grad_x is None and pairs is None:
-                    continue
-                shared = _gather_pairs(y[..., tile], index.right, buffer).mul_(grad[..., tile].unsqueeze(1))
-                if pairs is not None:  # sum_m x_i R_ji: one matrix-vector product per (i, c)
-                    pairs.add_(torch.matmul(shared.permute(1, 2, 0, 3), x[..., tile].unsqueeze(-1)))
-                if grad_x is not None:
-                    torch.sum(shared.mul_(tables.left), 0, out=grad_x[..., tile])
-            pairs = pairs.squeeze(-1).transpose(1, 2) if pairs is not None else None
+            grad_x, grad_y = torch.empty_like(x), torch.empty_like(y)
+            pairs = x.new_zeros(blades * x.size(1), blades, 1)  # [(i, c), j, 1]
+            tiles = _PairTiles(x)
+            for gx, gy, x_tile, x_column, y_tile, g_tile, g_row in zip(
+                tiles.split(grad_x),
+                tiles.split(grad_y),
+                tiles.split(x.unsqueeze(1)),
+                tiles.split(x.view(blades * x.size(1), 1, -1)),
+                tiles.split(y),
+                tiles.split(grad),
+                tiles.split(grad.unsqueeze(1)),
+                strict=True,
+            ):
+                tiles.signed_product(gy, x_tile, g_tile, tables.right, index.right)
+                shared, batched = tiles.gather(y_tile, index.right)  # R_ji = g_j y_{j^i}
+                shared.mul_(g_row)
+                pairs.baddbmm_(batched, x_column.transpose(1, 2))  # sum_m x_i R_ji
+                torch.sum(shared.mul_(tables.left), 0, out=gx)
+            pairs = pairs.view(blades, x.size(1), blades).transpose(1, 2)  # [i, j, C]
         grad_weight = None
         if pairs is not None:
             pairs = pairs.reshape(blades * blades, -1) * (index.sign.to(grad.dtype) * ctx.scale)[:, None]
