@@ -12,6 +12,7 @@ around its own :meth:`~MVModule.forward_blade_major`.
 """
 
 import math
+import weakref
 from typing import NamedTuple
 
 import torch
@@ -85,7 +86,9 @@ class MVLinear(MVModule):
 
     def forward_blade_major(self, x: Tensor, residual: Tensor | None = None, alpha: float = 1.0) -> Tensor:
         r"""``residual + alpha (W x + b)``, blade-major: ``[2**n, C_in, M]`` -> ``[2**n, C_out, M]``."""
-        weight = self.weight.permute(2, 0, 1)[self.algebra.blade_grades]  # [2**n, C_out, C_in], contiguous
+        weight = self.weight.permute(2, 0, 1).index_select(
+            0, self.algebra.blade_grades
+        )  # [2**n, C_out, C_in]
         if self.bias is None:
             if residual is None:
                 return torch.bmm(weight, x) if alpha == 1.0 else torch.bmm(weight, x) * alpha
@@ -112,11 +115,28 @@ class GradeTables(NamedTuple):
     doubled: Tensor
 
 
+_GRADE_TABLES: "weakref.WeakKeyDictionary[CliffordAlgebra, dict]" = weakref.WeakKeyDictionary()
+
+
 def grade_tables(algebra: CliffordAlgebra, dtype: torch.dtype) -> GradeTables:
-    signed = algebra.grade_sum_matrix(dtype)
-    return GradeTables(
-        algebra.blade_grades, signed, (signed != 0).to(dtype), algebra.blade_squares(dtype), 2 * signed.t()
-    )
+    """The :class:`GradeTables` of ``algebra`` in ``dtype``, cached per algebra, dtype and device in eager
+    mode (they are constants; building them is a dozen small operations)."""
+    compiling = torch.compiler.is_compiling()
+    key = (dtype, algebra.blade_grades.device)
+    if not compiling and key in _GRADE_TABLES.get(algebra, {}):
+        return _GRADE_TABLES[algebra][key]
+    with torch.inference_mode(False):  # normal tensors even when first built under inference_mode
+        signed = algebra.grade_sum_matrix(dtype)
+        tables = GradeTables(
+            algebra.blade_grades,
+            signed,
+            (signed != 0).to(dtype),
+            algebra.blade_squares(dtype),
+            2 * signed.t(),
+        )
+    if not compiling:
+        _GRADE_TABLES.setdefault(algebra, {})[key] = tables
+    return tables
 
 
 def _grade_sums(matrix: Tensor, x: Tensor, out: Tensor | None = None) -> Tensor:
@@ -595,7 +615,8 @@ class MVLayerNorm(MVModule):
         nn.init.ones_(self.scale)
 
     def forward_blade_major(self, x: Tensor) -> Tensor:
-        return _LayerNormalise.apply(x, self.scale[:, None], self.algebra.blade_squares(x.dtype), self.eps)
+        squares = grade_tables(self.algebra, x.dtype).squares
+        return _LayerNormalise.apply(x, self.scale[:, None], squares, self.eps)
 
 
 class CEMLP(MVModule):
