@@ -410,6 +410,7 @@ class _PairTiles:
         blades, channels, m = x.shape
         self.width = min(max(m, 1), max(1, _TILE // (blades * blades * channels)))
         buffer = x.new_empty(blades * blades * channels * self.width)
+        self.ones = x.new_ones(1, blades)
         self.views: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
         for width in {self.width, m % self.width}:
             flat = buffer[: blades * blades * channels * width].view(blades * blades, channels, width)
@@ -429,9 +430,14 @@ class _PairTiles:
         torch.index_select(b, 0, right, out=flat)
         return pairs, batched
 
-    def signed_product(self, out: Tensor, a: Tensor, b: Tensor, table: Tensor, right: Tensor) -> None:
-        """:func:`_signed_product` of one tile written into ``out``; ``a`` is ``[B, 1, C, w]``."""
-        torch.sum(self.gather(b, right)[0].mul_(table).mul_(a), 0, out=out)
+    def sum_left(self, pairs: Tensor) -> Tensor:
+        """``pairs`` ``[B, B, C, w]`` summed over the first axis, as a ``[1, B] @ [B, B C w]`` product (faster
+        than a reduction over the outer axis): ``[B, C, w]``."""
+        return torch.mm(self.ones, pairs.view(pairs.size(0), -1)).view(pairs.shape[1:])
+
+    def signed_product(self, a: Tensor, b: Tensor, table: Tensor, right: Tensor) -> Tensor:
+        """:func:`_signed_product` of one tile; ``a`` is ``[B, 1, C, w]``."""
+        return self.sum_left(self.gather(b, right)[0].mul_(table).mul_(a))
 
 
 class WeightedGeometricProduct(torch.autograd.Function):
@@ -464,11 +470,14 @@ class WeightedGeometricProduct(torch.autograd.Function):
     ) -> Tensor:
         ctx.save_for_backward(x, y, weight)
         ctx.tables, ctx.index, ctx.scale = tables, index, scale
-        out = torch.empty_like(x)
         tiles = _PairTiles(x)
-        for o, a, b in zip(tiles.split(out), tiles.split(x.unsqueeze(1)), tiles.split(y), strict=True):
-            tiles.signed_product(o, a, b, tables.forward, index.right)
-        return out
+        return torch.cat(
+            [
+                tiles.signed_product(a, b, tables.forward, index.right)
+                for a, b in zip(tiles.split(x.unsqueeze(1)), tiles.split(y), strict=True)
+            ],
+            dim=-1,
+        )
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
@@ -484,12 +493,10 @@ class WeightedGeometricProduct(torch.autograd.Function):
             grad_x = (shared * tables.left).sum(0) if needs_x else None
             pairs = (shared * x).sum(-1).transpose(0, 1) if needs_weight else None  # [i, j, C]
         else:
-            grad_x, grad_y = torch.empty_like(x), torch.empty_like(y)
+            grads_x, grads_y = [], []
             pairs = x.new_zeros(blades * x.size(1), blades, 1)  # [(i, c), j, 1]
             tiles = _PairTiles(x)
-            for gx, gy, x_tile, x_column, y_tile, g_tile, g_row in zip(
-                tiles.split(grad_x),
-                tiles.split(grad_y),
+            for x_tile, x_column, y_tile, g_tile, g_row in zip(
                 tiles.split(x.unsqueeze(1)),
                 tiles.split(x.view(blades * x.size(1), 1, -1)),
                 tiles.split(y),
@@ -497,11 +504,12 @@ class WeightedGeometricProduct(torch.autograd.Function):
                 tiles.split(grad.unsqueeze(1)),
                 strict=True,
             ):
-                tiles.signed_product(gy, x_tile, g_tile, tables.right, index.right)
+                grads_y.append(tiles.signed_product(x_tile, g_tile, tables.right, index.right))
                 shared, batched = tiles.gather(y_tile, index.right)  # R_ji = g_j y_{j^i}
                 shared.mul_(g_row)
                 pairs.baddbmm_(batched, x_column.transpose(1, 2))  # sum_m x_i R_ji
-                torch.sum(shared.mul_(tables.left), 0, out=gx)
+                grads_x.append(tiles.sum_left(shared.mul_(tables.left)))
+            grad_x, grad_y = torch.cat(grads_x, dim=-1), torch.cat(grads_y, dim=-1)
             pairs = pairs.view(blades, x.size(1), blades).transpose(1, 2)  # [i, j, C]
         grad_weight = None
         if pairs is not None:
