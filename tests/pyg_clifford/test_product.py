@@ -16,15 +16,14 @@ from pyg_clifford import (
     SteerableGeometricProduct,
 )
 from pyg_clifford.layers import (
-    WeightedGeometricProduct,
     _GradeGate,
     _GradeNormalise,
     _LayerNormalise,
     from_blade_major,
     grade_tables,
-    product_tables,
     to_blade_major,
 )
+from pyg_clifford.product import WeightedGeometricProduct, product_tables
 
 METRICS = [(1.0, 1.0, 1.0), (1.0, -1.0, -1.0, -1.0), (0.5, 2.0)]
 
