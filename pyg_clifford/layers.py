@@ -194,7 +194,7 @@ class _GradeGate(torch.autograd.Function):
     def forward(ctx, x: Tensor, alpha: Tensor, beta: Tensor, tables: GradeTables) -> Tensor:
         ctx.save_for_backward(x, alpha, beta)
         ctx.tables = tables
-        buffer = torch.empty_like(x)
+        buffer = x.new_empty(x.shape)
         _, gate = _GradeGate.gate(x, alpha, beta, tables, buffer)
         return _expand(gate, tables.grades, buffer).mul_(x)
 
@@ -207,12 +207,12 @@ class _GradeGate(torch.autograd.Function):
                 *_double_backward(lambda *t: _GradeGate.formula(*t, tables), (x, alpha, beta), grad),
                 None,
             )
-        buffer = torch.empty_like(x)
+        buffer = x.new_empty(x.shape)
         invariants, gate = _GradeGate.gate(x, alpha, beta, tables, buffer)
         dot = _grade_sums(tables.unsigned, torch.mul(grad, x, out=buffer))  # dL/dgate, [G, C, M]
         dgate = dot.mul_(gate).mul_(1 - gate)  # dL/d(alpha s + beta)
         ds = dgate * alpha
-        grad_x = _expand(gate, tables.grades, torch.empty_like(x)).mul_(grad)
+        grad_x = _expand(gate, tables.grades, x.new_empty(x.shape)).mul_(grad)
         doubled = tables.doubled.clone()
         doubled[0] = 0  # s_0 = x_0 (linear, not a quadratic form)
         grad_x.addcmul_(_grade_sums(doubled, ds, out=buffer), x)
@@ -236,7 +236,7 @@ class _GradeNormalise(torch.autograd.Function):
     def forward(ctx, x: Tensor, a: Tensor, tables: GradeTables, eps: float) -> Tensor:
         ctx.save_for_backward(x, a)
         ctx.tables, ctx.eps = tables, eps
-        buffer = torch.empty_like(x)
+        buffer = x.new_empty(x.shape)
         norms = _grade_sums(tables.signed, torch.mul(x, x, out=buffer)).abs_().add_(eps).sqrt_()
         inverse = norms.sub_(1).mul_(torch.sigmoid(a)).add_(1).reciprocal_()
         return _expand(inverse, tables.grades, buffer).mul_(x)
@@ -251,7 +251,7 @@ class _GradeNormalise(torch.autograd.Function):
                 None,
                 None,
             )
-        buffer = torch.empty_like(x)
+        buffer = x.new_empty(x.shape)
         forms = _grade_sums(tables.signed, torch.mul(x, x, out=buffer))
         norms = (forms.abs() + ctx.eps).sqrt_()
         weight = torch.sigmoid(a)
@@ -259,7 +259,7 @@ class _GradeNormalise(torch.autograd.Function):
         dot = _grade_sums(tables.unsigned, torch.mul(grad, x, out=buffer))
         ddenominator = dot.mul_(inverse).mul_(inverse).neg_()  # dL/d(denominator)
         dforms = (ddenominator * weight).mul_(torch.sign(forms)).div_(2 * norms)
-        grad_x = _expand(inverse, tables.grades, torch.empty_like(x)).mul_(grad)
+        grad_x = _expand(inverse, tables.grades, x.new_empty(x.shape)).mul_(grad)
         grad_x.addcmul_(_grade_sums(tables.doubled, dforms, out=buffer), x)
         grad_a = (ddenominator * (norms - 1)).sum(2, keepdim=True) * weight * (1 - weight)
         return grad_x, grad_a, None, None
@@ -280,7 +280,7 @@ class _LayerNormalise(torch.autograd.Function):
     def forward(ctx, x: Tensor, scale: Tensor, squares: Tensor, eps: float) -> Tensor:
         ctx.save_for_backward(x, scale)
         ctx.squares, ctx.eps = squares, eps
-        buffer = torch.empty_like(x)
+        buffer = x.new_empty(x.shape)
         forms = (squares @ torch.mul(x, x, out=buffer).view(x.size(0), -1)).view(x.shape[1:])  # [C, M]
         mean = forms.abs_().add_(1e-12).sqrt_().mean(0, keepdim=True)  # [1, M]
         return torch.mul(x, scale / mean.add_(eps), out=buffer)
@@ -295,7 +295,7 @@ class _LayerNormalise(torch.autograd.Function):
                 None,
                 None,
             )
-        buffer = torch.empty_like(x)
+        buffer = x.new_empty(x.shape)
         forms = (squares @ torch.mul(x, x, out=buffer).view(x.size(0), -1)).view(x.shape[1:])
         norms = (forms.abs() + 1e-12).sqrt_()
         inverse = (norms.mean(0, keepdim=True) + ctx.eps).reciprocal_()  # [1, M]

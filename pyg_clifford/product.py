@@ -156,7 +156,7 @@ class WeightedGeometricProduct(torch.autograd.Function):
             tiles = _PairTiles(x)
             for x_tile, x_column, y_tile, g_tile, g_row in zip(
                 tiles.split(x.unsqueeze(1)),
-                tiles.split(x.view(blades * x.size(1), 1, -1)),
+                tiles.split(x.reshape(blades * x.size(1), 1, -1)),
                 tiles.split(y),
                 tiles.split(grad),
                 tiles.split(grad.unsqueeze(1)),
