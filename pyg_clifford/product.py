@@ -102,7 +102,8 @@ class WeightedGeometricProduct(torch.autograd.Function):
     r"""The weighted geometric product :math:`z_{c,j} = s \sum_i \sigma_{ij}\, w_{c, t(i,j)}\, x_{c,i}\,
     y_{c, i \oplus j}` of blade-major ``x, y`` ``[2**n, C, M]`` with weights ``[C, T]``
     (:func:`_signed_product`): per tile of the batch axis, ``y`` is gathered into a ``[2**n, 2**n, C, m]``
-    buffer (reused across tiles, a few hundred KB, so it stays in cache and is allocated once per call),
+    buffer (at most ``_TILE`` entries, 1 MiB in float32, allocated once per call and reused across tiles, so
+    it stays in cache),
     scaled in place by the signed weights and by ``x`` and summed over the left blade. Every pass is a
     contiguous vectorised loop; no ``[4**n, 2**n]`` dense table.
 
@@ -152,7 +153,7 @@ class WeightedGeometricProduct(torch.autograd.Function):
             pairs = (shared * x).sum(-1).transpose(0, 1) if needs_weight else None  # [i, j, C]
         else:
             grads_x, grads_y = [], []
-            pairs = x.new_zeros(blades * x.size(1), blades, 1)  # [(i, c), j, 1]
+            pairs = x.new_zeros(blades * x.size(1), blades, 1) if needs_weight else None  # [(i, c), j, 1]
             tiles = _PairTiles(x)
             for x_tile, x_column, y_tile, g_tile, g_row in zip(
                 tiles.split(x.unsqueeze(1)),
@@ -162,13 +163,20 @@ class WeightedGeometricProduct(torch.autograd.Function):
                 tiles.split(grad.unsqueeze(1)),
                 strict=True,
             ):
-                grads_y.append(tiles.signed_product(x_tile, g_tile, tables.right, index.right))
+                if needs_y:
+                    grads_y.append(tiles.signed_product(x_tile, g_tile, tables.right, index.right))
+                if not (needs_x or needs_weight):
+                    continue
                 shared, batched = tiles.gather(y_tile, index.right)  # R_ji = g_j y_{j^i}
                 shared.mul_(g_row)
-                pairs.baddbmm_(batched, x_column.transpose(1, 2))  # sum_m x_i R_ji
-                grads_x.append(tiles.sum_left(shared.mul_(tables.left)))
-            grad_x, grad_y = torch.cat(grads_x, dim=-1), torch.cat(grads_y, dim=-1)
-            pairs = pairs.view(blades, x.size(1), blades).transpose(1, 2)  # [i, j, C]
+                if pairs is not None:
+                    pairs.baddbmm_(batched, x_column.transpose(1, 2))  # sum_m x_i R_ji
+                if needs_x:
+                    grads_x.append(tiles.sum_left(shared.mul_(tables.left)))
+            grad_x = torch.cat(grads_x, dim=-1) if needs_x else None
+            grad_y = torch.cat(grads_y, dim=-1) if needs_y else None
+            if pairs is not None:
+                pairs = pairs.view(blades, x.size(1), blades).transpose(1, 2)  # [i, j, C]
         grad_weight = None
         if pairs is not None:
             pairs = pairs.reshape(blades * blades, -1) * (index.sign.to(grad.dtype) * ctx.scale)[:, None]

@@ -249,3 +249,23 @@ def test_fused_layers_accept_non_contiguous_blade_major_inputs() -> None:
         torch.testing.assert_close(
             torch.autograd.grad(out_strided, strided, grad)[0], torch.autograd.grad(out_dense, dense, grad)[0]
         )
+
+
+def test_product_gradients_for_a_subset_of_inputs() -> None:
+    """Frozen weights or operands: the eager backward computes only what is asked, and it matches."""
+    algebra = CliffordAlgebra((1.0, 1.0, 1.0)).double()
+    layer = perturbed(SteerableGeometricProduct(2, algebra).double())
+    index = layer.product_index()
+    tables = product_tables(layer.weight.detach(), index, 8, 0.7)
+    x, y = torch.randn(2, 8, 2, 5, dtype=torch.float64).unbind()
+    for wanted in ((0,), (1,), (2,), (0, 2)):
+        inputs = [x.clone(), y.clone(), layer.weight.detach().clone()]
+        for position in wanted:
+            inputs[position].requires_grad_()
+        out = WeightedGeometricProduct.apply(*inputs, tables, index, 0.7)
+        got = torch.autograd.grad(out.square().sum(), [inputs[p] for p in wanted])
+        reference = [t.detach().clone().requires_grad_() for t in inputs]
+        full = WeightedGeometricProduct.apply(*reference, tables, index, 0.7)
+        expected = torch.autograd.grad(full.square().sum(), [reference[p] for p in wanted])
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b)
