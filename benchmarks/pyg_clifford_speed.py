@@ -6,7 +6,9 @@
    CEMLP block, against EGNN width 16). Memory is the activation memory of a step: the bytes of the distinct
    tensor storages that autograd saves for backward (``saved_tensors_hooks``), deterministic on the CPU.
    Every model runs in a fresh subprocess; the models are interleaved over ``--rounds`` rounds and each ratio
-   is the median over rounds of the ratio within a round, so the load of a shared machine cancels out.
+   is the median over rounds of the ratio within a round, so the load of a shared machine cancels out. Both
+   the wall-clock time and the CPU time of the (single-threaded) step are reported: on a shared machine the
+   wall clock also counts the time the process waits for a core, the CPU time does not.
    ``--before DIR`` adds rows for another version of the package (``DIR/pyg_clifford``, e.g. the commit
    before a change: ``git archive <commit> pyg_clifford | tar -x -C DIR``), measured in the same rounds.
    ``--compiled`` adds a row for ``torch.compile(model, fullgraph=True)`` (inductor; the compilation, minutes
@@ -89,11 +91,12 @@ def measure(name: str, config: str, num_graphs: int, repeats: int) -> dict:
     for _ in range(2):  # warm-up (and compilation)
         train_step()
     warmup_s = time.perf_counter() - start
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.thread_time()
         train_step()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.thread_time() - cpu_start)
     storages: dict[int, int] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
@@ -105,6 +108,7 @@ def measure(name: str, config: str, num_graphs: int, repeats: int) -> dict:
         step(model, hops, data)
     return {
         "step_ms": 1e3 * float(np.median(times)),
+        "cpu_ms": 1e3 * float(np.median(cpu_times)),
         "warmup_s": warmup_s,
         "saved_mib": sum(storages.values()) / 2**20,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -140,14 +144,21 @@ def training_tables(args: argparse.Namespace) -> None:
             f"{egnn_width}, {egnn_layers} layers; {args.graphs} n-body graphs x 5 nodes, Adam step, "
             f"{args.threads} thread(s), median of {args.rounds} interleaved rounds\n"
         )
-        print("| model | version | parameters | step (ms) | vs EGNN | saved for backward (MiB) | vs EGNN |")
-        print("|---|---|---|---|---|---|---|")
+        print(
+            "| model | version | parameters | step (ms) | vs EGNN | step CPU (ms) | vs EGNN (CPU) "
+            "| saved for backward (MiB) | vs EGNN |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
         for (name, version), runs in results.items():
-            ratios = [r["step_ms"] / b["step_ms"] for r, b in zip(runs, base, strict=True)]
-            step_ms = float(np.median([r["step_ms"] for r in runs]))
+            cells = []
+            for key in ("step_ms", "cpu_ms"):
+                ratios = [r[key] / b[key] for r, b in zip(runs, base, strict=True)]
+                cells.append(
+                    f"{np.median([r[key] for r in runs]):.0f} | {np.median(ratios):.2f}x "
+                    f"(range {min(ratios):.2f}-{max(ratios):.2f})"
+                )
             print(
-                f"| {name} | {version or '-'} | {runs[0]['parameters']:,} | {step_ms:.0f} | "
-                f"{np.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f}) | "
+                f"| {name} | {version or '-'} | {runs[0]['parameters']:,} | {' | '.join(cells)} | "
                 f"{runs[0]['saved_mib']:.1f} | {runs[0]['saved_mib'] / base[0]['saved_mib']:.1f}x |",
                 flush=True,
             )

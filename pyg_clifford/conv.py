@@ -217,7 +217,9 @@ class CGConv(MessagePassing):
     def _path_inputs(self, x: Tensor, pos: Tensor | None, path: Tensor, edge_mv: Tensor | None) -> Tensor:
         """Message inputs ``[P, k C_in + k (k + 1) / 2 (+ C_e), 2**n]`` of paths ``[k + 1, P]``."""
         k, num_paths = path.size(0) - 1, path.size(1)
-        differences = (x[path[:-1]] - x[path[1:]]).permute(1, 0, 2, 3)
+        shape = (k, num_paths, *x.shape[1:])  # index_select: its backward is an index_add, not an index_put
+        heads = x.index_select(0, path[:-1].reshape(-1)).view(shape)
+        differences = (heads - x.index_select(0, path[1:].reshape(-1)).view(shape)).permute(1, 0, 2, 3)
         differences = differences.reshape(num_paths, k * x.size(1), x.size(2))
         if pos is None:
             geometry = x.new_zeros(num_paths, k * (k + 1) // 2, x.size(-1))

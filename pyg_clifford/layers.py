@@ -4,34 +4,43 @@ Every layer mixes channels with one weight per grade, multiplies multivectors, o
 invariant, so it commutes with the Clifford-group action :meth:`CliffordAlgebra.versor_action`.
 
 The public layout is ``[..., C, 2**n]``. Inside, every layer works on the blade-major layout
-``[2**n, M, C]`` (:func:`to_blade_major`): a grade-wise linear map is then one batched matmul over blades,
-and the per-grade invariants are one ``[n + 1, 2**n]`` matmul. :class:`CEMLP` converts once on the way in
-and once on the way out; each layer's :meth:`forward` converts around its own
-:meth:`~MVModule.forward_blade_major`.
+``[2**n, C, M]`` (:func:`to_blade_major`, ``M`` the batch, innermost): a grade-wise linear map is then one
+batched matmul over blades, the per-grade invariants are one ``[n + 1, 2**n]`` matmul, and every
+per-channel parameter broadcasts as a scalar over a contiguous run of ``M`` entries (vectorised loops).
+:class:`CEMLP` converts once on the way in and once on the way out; each layer's :meth:`forward` converts
+around its own :meth:`~MVModule.forward_blade_major`.
 """
 
 import math
+import weakref
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from .algebra import CliffordAlgebra
+from .product import (
+    ProductTables,
+    WeightedGeometricProduct,
+    WeightedProductIndex,
+    _signed_product,
+    product_tables,
+)
 
 
 def to_blade_major(x: Tensor) -> Tensor:
-    """``[..., C, 2**n]`` -> contiguous ``[2**n, M, C]`` with ``M`` the product of the leading dimensions."""
-    return x.reshape(math.prod(x.shape[:-2]), x.size(-2), x.size(-1)).permute(2, 0, 1).contiguous()
+    """``[..., C, 2**n]`` -> contiguous ``[2**n, C, M]`` with ``M`` the product of the leading dimensions."""
+    return x.reshape(math.prod(x.shape[:-2]), x.size(-2), x.size(-1)).permute(2, 1, 0).contiguous()
 
 
 def from_blade_major(x: Tensor, batch_shape: tuple[int, ...] | torch.Size) -> Tensor:
-    """``[2**n, M, C]`` -> ``[*batch_shape, C, 2**n]`` (the inverse of :func:`to_blade_major`)."""
-    return x.permute(1, 2, 0).reshape(*batch_shape, x.size(2), x.size(0))
+    """``[2**n, C, M]`` -> ``[*batch_shape, C, 2**n]`` (the inverse of :func:`to_blade_major`)."""
+    return x.permute(2, 1, 0).reshape(*batch_shape, x.size(1), x.size(0))
 
 
 class MVModule(nn.Module):
     """A multivector layer: :meth:`forward` takes the public layout ``[..., C, 2**n]``,
-    :meth:`forward_blade_major` the internal one ``[2**n, M, C]``."""
+    :meth:`forward_blade_major` the internal one ``[2**n, C, M]``."""
 
     algebra: CliffordAlgebra
     in_channels: int
@@ -55,7 +64,7 @@ class MVLinear(MVModule):
     .. math::
         y_{c, A} = \sum_m W_{c, m, |A|}\, x_{m, A} + \delta_{A, \emptyset}\, b_c
 
-    computed as one batched matmul over blades, ``[2**n, M, C_in] @ [2**n, C_in, C_out]``.
+    computed as one batched matmul over blades, ``[2**n, C_out, C_in] @ [2**n, C_in, M]``.
 
     Args:
         in_channels (int): input multivector channels.
@@ -83,18 +92,18 @@ class MVLinear(MVModule):
             nn.init.zeros_(self.bias)
 
     def forward_blade_major(self, x: Tensor, residual: Tensor | None = None, alpha: float = 1.0) -> Tensor:
-        r"""``residual + alpha (x W + b)``, blade-major: ``[2**n, M, C_in]`` -> ``[2**n, M, C_out]``."""
-        weight = self.weight[..., self.algebra.blade_grades].permute(2, 1, 0)  # [2**n, C_in, C_out]
-        if residual is None:
-            if self.bias is None:
-                return torch.bmm(x, weight) if alpha == 1.0 else torch.bmm(x, weight) * alpha
-            bias = self.bias.new_zeros(self.algebra.num_blades, 1, self.out_channels)
-            bias[0, 0] = self.bias * alpha
-            return torch.baddbmm(bias, x, weight, alpha=alpha)
-        out = torch.baddbmm(residual, x, weight, alpha=alpha)
-        if self.bias is not None:
-            out[0] += self.bias * alpha
-        return out
+        r"""``residual + alpha (W x + b)``, blade-major: ``[2**n, C_in, M]`` -> ``[2**n, C_out, M]``."""
+        weight = self.weight.permute(2, 0, 1).index_select(
+            0, self.algebra.blade_grades
+        )  # [2**n, C_out, C_in]
+        if self.bias is None:
+            if residual is None:
+                return torch.bmm(weight, x) if alpha == 1.0 else torch.bmm(weight, x) * alpha
+            return torch.baddbmm(residual, weight, x, alpha=alpha)
+        bias = self.bias.new_zeros(self.algebra.num_blades, self.out_channels, 1)
+        bias[0, :, 0] = self.bias * alpha
+        out = torch.baddbmm(bias, weight, x, alpha=alpha)
+        return out if residual is None else out.add_(residual)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}"
@@ -102,107 +111,200 @@ class MVLinear(MVModule):
 
 class GradeTables(NamedTuple):
     r"""Blade tables of an algebra in a working dtype: the grade of each blade ``[2**n]``, the signed grade
-    sums :math:`P` ``[n + 1, 2**n]`` (:meth:`CliffordAlgebra.grade_sum_matrix`), the unsigned ones ``U`` and
-    the blade squares :math:`\tilde e_A e_A` ``[2**n]``."""
+    sums :math:`P` ``[n + 1, 2**n]`` (:meth:`CliffordAlgebra.grade_sum_matrix`), the unsigned ones ``U``,
+    the blade squares :math:`\tilde e_A e_A` ``[2**n]`` and :math:`2 P^\top` ``[2**n, n + 1]`` (the
+    derivative of the grade forms, expanded back to the blades)."""
 
     grades: Tensor
     signed: Tensor
     unsigned: Tensor
     squares: Tensor
+    doubled: Tensor
+
+
+_GRADE_TABLES: "weakref.WeakKeyDictionary[CliffordAlgebra, dict]" = weakref.WeakKeyDictionary()
 
 
 def grade_tables(algebra: CliffordAlgebra, dtype: torch.dtype) -> GradeTables:
-    signed = algebra.grade_sum_matrix(dtype)
-    return GradeTables(algebra.blade_grades, signed, (signed != 0).to(dtype), algebra.blade_squares(dtype))
+    """The :class:`GradeTables` of ``algebra`` in ``dtype``, cached per algebra, dtype and device in eager
+    mode (they are constants; building them is a dozen small operations)."""
+    compiling = torch.compiler.is_compiling()
+    key = (dtype, algebra.blade_grades.device)
+    if not compiling and key in _GRADE_TABLES.get(algebra, {}):
+        return _GRADE_TABLES[algebra][key]
+    with torch.inference_mode(False):  # normal tensors even when first built under inference_mode
+        signed = algebra.grade_sum_matrix(dtype)
+        tables = GradeTables(
+            algebra.blade_grades,
+            signed,
+            (signed != 0).to(dtype),
+            algebra.blade_squares(dtype),
+            2 * signed.t(),
+        )
+    if not compiling:
+        _GRADE_TABLES.setdefault(algebra, {})[key] = tables
+    return tables
 
 
-def _grade_sums(matrix: Tensor, x: Tensor) -> Tensor:
-    """``matrix [G, B] @ x [B, M, C] -> [G, M, C]``."""
-    return (matrix @ x.reshape(x.size(0), -1)).view(matrix.size(0), *x.shape[1:])
+def _grade_sums(matrix: Tensor, x: Tensor, out: Tensor | None = None) -> Tensor:
+    """``matrix [G, B] @ x [B, C, M] -> [G, C, M]`` (into ``out`` when given)."""
+    flat = x.reshape(x.size(0), -1)
+    if out is None:
+        return (matrix @ flat).view(matrix.size(0), *x.shape[1:])
+    torch.mm(matrix, flat, out=out.view(matrix.size(0), -1))
+    return out
+
+
+def _expand(per_grade: Tensor, grades: Tensor, out: Tensor) -> Tensor:
+    """Per-grade ``[G, C, M]`` repeated over the blades of each grade, written into ``out`` ``[B, C, M]``."""
+    return torch.index_select(per_grade, 0, grades, out=out)
+
+
+def _double_backward(formula, inputs: tuple[Tensor, ...], grad: Tensor) -> list[Tensor | None]:
+    """Gradients of ``formula(*inputs)`` with ``create_graph=True``: the backward of the fused functions under
+    ``create_graph`` (second derivatives), through the plain differentiable formula."""
+    with torch.enable_grad():
+        wanted = [t for t in inputs if t.requires_grad]
+        grads = iter(
+            torch.autograd.grad(formula(*inputs), wanted, grad, create_graph=True, allow_unused=True)
+        )
+        return [next(grads) if t.requires_grad else None for t in inputs]
 
 
 class _GradeGate(torch.autograd.Function):
     r"""MVSiLU on blade-major ``x``: :math:`y = x \odot E(\sigma(\alpha s + \beta))` with
-    :math:`s_0 = x_0`, :math:`s_g = q(\langle x \rangle_g)`; saves only ``x`` and recomputes the gates."""
+    :math:`s_0 = x_0`, :math:`s_g = q(\langle x \rangle_g)`; saves only ``x`` and recomputes the gates.
+    Forward and backward reuse their two ``[B, C, M]`` buffers in place."""
+
+    @staticmethod
+    def formula(x: Tensor, alpha: Tensor, beta: Tensor, tables: GradeTables) -> Tensor:
+        invariants = _grade_sums(tables.signed, x * x)
+        invariants = torch.cat([x[:1], invariants[1:]])
+        return x * torch.sigmoid(alpha * invariants + beta)[tables.grades]
+
+    @staticmethod
+    def gate(
+        x: Tensor, alpha: Tensor, beta: Tensor, tables: GradeTables, buffer: Tensor
+    ) -> tuple[Tensor, ...]:
+        invariants = _grade_sums(tables.signed, torch.mul(x, x, out=buffer))
+        invariants[0] = x[0]
+        return invariants, torch.sigmoid(alpha * invariants + beta)
 
     @staticmethod
     def forward(ctx, x: Tensor, alpha: Tensor, beta: Tensor, tables: GradeTables) -> Tensor:
         ctx.save_for_backward(x, alpha, beta)
         ctx.tables = tables
-        invariants = _grade_sums(tables.signed, x * x)
-        invariants[0] = x[0]
-        return x * torch.sigmoid(alpha * invariants + beta)[tables.grades]
+        buffer = x.new_empty(x.shape)
+        _, gate = _GradeGate.gate(x, alpha, beta, tables, buffer)
+        return _expand(gate, tables.grades, buffer).mul_(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, alpha, beta = ctx.saved_tensors
         tables = ctx.tables
-        invariants = _grade_sums(tables.signed, x * x)
-        invariants[0] = x[0]
-        gate = torch.sigmoid(alpha * invariants + beta)
-        dot = _grade_sums(tables.unsigned, grad * x)  # dL/dgate, [G, M, C]
-        dgate = dot * gate * (1 - gate)  # dL/d(alpha s + beta)
+        if torch.is_grad_enabled():
+            return (
+                *_double_backward(lambda *t: _GradeGate.formula(*t, tables), (x, alpha, beta), grad),
+                None,
+            )
+        buffer = x.new_empty(x.shape)
+        invariants, gate = _GradeGate.gate(x, alpha, beta, tables, buffer)
+        dot = _grade_sums(tables.unsigned, torch.mul(grad, x, out=buffer))  # dL/dgate, [G, C, M]
+        dgate = dot.mul_(gate).mul_(1 - gate)  # dL/d(alpha s + beta)
         ds = dgate * alpha
-        grad_x = grad * gate[tables.grades] + ds[tables.grades] * (2 * tables.squares[:, None, None]) * x
-        grad_x[0] = grad[0] * gate[0] + ds[0]  # s_0 = x_0 (linear, not a quadratic form)
-        grad_alpha = (dgate * invariants).sum(1, keepdim=True)
-        grad_beta = dgate.sum(1, keepdim=True)
+        grad_x = _expand(gate, tables.grades, x.new_empty(x.shape)).mul_(grad)
+        doubled = tables.doubled.clone()
+        doubled[0] = 0  # s_0 = x_0 (linear, not a quadratic form)
+        grad_x.addcmul_(_grade_sums(doubled, ds, out=buffer), x)
+        grad_x[0] += ds[0]
+        grad_alpha = (dgate * invariants).sum(2, keepdim=True)
+        grad_beta = dgate.sum(2, keepdim=True)
         return grad_x, grad_alpha, grad_beta, None
 
 
 class _GradeNormalise(torch.autograd.Function):
     r"""MVGradeNorm on blade-major ``x``: :math:`y = x / E(\sigma(a)(n - 1) + 1)`,
-    :math:`n_g = \sqrt{|q(\langle x \rangle_g)| + \epsilon}`; saves only ``x``."""
+    :math:`n_g = \sqrt{|q(\langle x \rangle_g)| + \epsilon}`; saves only ``x``, reuses its buffers in
+    place."""
+
+    @staticmethod
+    def formula(x: Tensor, a: Tensor, tables: GradeTables, eps: float) -> Tensor:
+        norms = (_grade_sums(tables.signed, x * x).abs() + eps).sqrt()
+        return x / (torch.sigmoid(a) * (norms - 1) + 1)[tables.grades]
 
     @staticmethod
     def forward(ctx, x: Tensor, a: Tensor, tables: GradeTables, eps: float) -> Tensor:
         ctx.save_for_backward(x, a)
         ctx.tables, ctx.eps = tables, eps
-        norms = (_grade_sums(tables.signed, x * x).abs() + eps).sqrt()
-        return x / (torch.sigmoid(a) * (norms - 1) + 1)[tables.grades]
+        buffer = x.new_empty(x.shape)
+        norms = _grade_sums(tables.signed, torch.mul(x, x, out=buffer)).abs_().add_(eps).sqrt_()
+        inverse = norms.sub_(1).mul_(torch.sigmoid(a)).add_(1).reciprocal_()
+        return _expand(inverse, tables.grades, buffer).mul_(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, a = ctx.saved_tensors
         tables = ctx.tables
-        forms = _grade_sums(tables.signed, x * x)
-        norms = (forms.abs() + ctx.eps).sqrt()
+        if torch.is_grad_enabled():
+            return (
+                *_double_backward(lambda *t: _GradeNormalise.formula(*t, tables, ctx.eps), (x, a), grad),
+                None,
+                None,
+            )
+        buffer = x.new_empty(x.shape)
+        forms = _grade_sums(tables.signed, torch.mul(x, x, out=buffer))
+        norms = (forms.abs() + ctx.eps).sqrt_()
         weight = torch.sigmoid(a)
-        denominator = weight * (norms - 1) + 1
-        ddenominator = -_grade_sums(tables.unsigned, grad * x) / denominator**2  # dL/d(denominator)
-        dforms = ddenominator * weight * torch.sign(forms) / (2 * norms)
-        grad_x = (
-            grad / denominator[tables.grades]
-            + dforms[tables.grades] * (2 * tables.squares[:, None, None]) * x
-        )
-        grad_a = (ddenominator * (norms - 1)).sum(1, keepdim=True) * weight * (1 - weight)
+        inverse = (weight * (norms - 1)).add_(1).reciprocal_()  # 1 / denominator
+        dot = _grade_sums(tables.unsigned, torch.mul(grad, x, out=buffer))
+        ddenominator = dot.mul_(inverse).mul_(inverse).neg_()  # dL/d(denominator)
+        dforms = (ddenominator * weight).mul_(torch.sign(forms)).div_(2 * norms)
+        grad_x = _expand(inverse, tables.grades, x.new_empty(x.shape)).mul_(grad)
+        grad_x.addcmul_(_grade_sums(tables.doubled, dforms, out=buffer), x)
+        grad_a = (ddenominator * (norms - 1)).sum(2, keepdim=True) * weight * (1 - weight)
         return grad_x, grad_a, None, None
 
 
 class _LayerNormalise(torch.autograd.Function):
     r"""MVLayerNorm on blade-major ``x``: :math:`y = x\, \gamma / (\bar n + \epsilon)`,
-    :math:`\bar n_m = \frac1C \sum_c \sqrt{|q(x_{m,c})| + 10^{-12}}`; saves only ``x``."""
+    :math:`\bar n_m = \frac1C \sum_c \sqrt{|q(x_{m,c})| + 10^{-12}}`; saves only ``x``, reuses its
+    buffers in place."""
+
+    @staticmethod
+    def formula(x: Tensor, scale: Tensor, squares: Tensor, eps: float) -> Tensor:
+        forms = (squares @ (x * x).reshape(x.size(0), -1)).view(x.shape[1:])  # [C, M]
+        mean = (forms.abs() + 1e-12).sqrt().mean(0, keepdim=True)  # [1, M]
+        return x * (scale / (mean + eps))
 
     @staticmethod
     def forward(ctx, x: Tensor, scale: Tensor, squares: Tensor, eps: float) -> Tensor:
         ctx.save_for_backward(x, scale)
         ctx.squares, ctx.eps = squares, eps
-        forms = (squares @ (x * x).reshape(x.size(0), -1)).view(x.shape[1:])  # [M, C]
-        mean = (forms.abs() + 1e-12).sqrt().mean(-1, keepdim=True)  # [M, 1]
-        return x * (scale / (mean + eps))
+        buffer = x.new_empty(x.shape)
+        forms = (squares @ torch.mul(x, x, out=buffer).view(x.size(0), -1)).view(x.shape[1:])  # [C, M]
+        mean = forms.abs_().add_(1e-12).sqrt_().mean(0, keepdim=True)  # [1, M]
+        return torch.mul(x, scale / mean.add_(eps), out=buffer)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, scale = ctx.saved_tensors
         squares = ctx.squares
-        forms = (squares @ (x * x).reshape(x.size(0), -1)).view(x.shape[1:])
-        norms = (forms.abs() + 1e-12).sqrt()
-        inverse = 1 / (norms.mean(-1, keepdim=True) + ctx.eps)  # [M, 1]
-        dot = (grad * x).sum(0)  # dL/d(factor), [M, C]
-        dmean = -(dot * scale).sum(-1, keepdim=True) * inverse**2  # [M, 1]
-        dforms = dmean / x.size(2) * torch.sign(forms) / (2 * norms)  # [M, C]
-        grad_x = grad * (scale * inverse) + (2 * squares[:, None, None]) * x * dforms
-        grad_scale = (dot * inverse).sum(0)
+        if torch.is_grad_enabled():
+            return (
+                *_double_backward(lambda *t: _LayerNormalise.formula(*t, squares, ctx.eps), (x, scale), grad),
+                None,
+                None,
+            )
+        buffer = x.new_empty(x.shape)
+        forms = (squares @ torch.mul(x, x, out=buffer).view(x.size(0), -1)).view(x.shape[1:])
+        norms = (forms.abs() + 1e-12).sqrt_()
+        inverse = (norms.mean(0, keepdim=True) + ctx.eps).reciprocal_()  # [1, M]
+        dot = torch.mul(grad, x, out=buffer).sum(0)  # dL/d(factor), [C, M]
+        dmean = (dot * scale).sum(0, keepdim=True).mul_(inverse).mul_(inverse).neg_()  # [1, M]
+        dforms = torch.sign(forms).mul_(dmean / (2 * x.size(1))).div_(norms)  # [C, M]
+        grad_x = torch.mul(grad, scale * inverse)
+        grad_x.add_(torch.mul(x, dforms, out=buffer).mul_((2 * squares)[:, None, None]))
+        grad_scale = (dot * inverse).sum(1, keepdim=True)
         return grad_x, grad_scale, None, None
 
 
@@ -231,7 +333,7 @@ class MVSiLU(MVModule):
 
     def forward_blade_major(self, x: Tensor) -> Tensor:
         tables = grade_tables(self.algebra, x.dtype)
-        return _GradeGate.apply(x, self.alpha.t()[:, None], self.beta.t()[:, None], tables)
+        return _GradeGate.apply(x, self.alpha.t()[..., None], self.beta.t()[..., None], tables)
 
 
 class MVGradeNorm(MVModule):
@@ -252,109 +354,7 @@ class MVGradeNorm(MVModule):
         nn.init.zeros_(self.a)
 
     def forward_blade_major(self, x: Tensor, eps: float = 1e-12) -> Tensor:
-        return _GradeNormalise.apply(x, self.a.t()[:, None], grade_tables(self.algebra, x.dtype), eps)
-
-
-class ProductTables(NamedTuple):
-    """Per-channel bilinear tables of a weighted geometric product, ``[C, 4**n, 2**n]`` each:
-    ``forward[c, (i, k), j]``, ``left[c, (j, k), i]`` and ``right[c, (i, j), k]`` (the last two are the
-    transposes used by the backward pass)."""
-
-    forward: Tensor
-    left: Tensor
-    right: Tensor
-
-
-class WeightedProductIndex(NamedTuple):
-    r"""Index tables of the weighted product for left blade ``i`` and output blade ``j`` (``[2**n, 2**n]``
-    flattened): the grade triplet of ``(i, j, k = i xor j)``, the flat positions ``(i, k, j)`` and
-    ``(i, j, k)`` in a ``[2**n, 2**n, 2**n]`` table, and :math:`\sigma_{ij}` (float64)."""
-
-    triplet: Tensor
-    position: Tensor
-    transposed_position: Tensor
-    sign: Tensor
-
-
-def product_tables(
-    weight: Tensor, index: WeightedProductIndex, num_blades: int, scale: float
-) -> ProductTables:
-    r"""Scatter the signed weights :math:`s\, \sigma_{ij} w_{c, t(i, j)}` into the three dense tables of
-    :class:`ProductTables` (:math:`2^n` non-zeros per ``(c, i)`` row block). ``weight``: ``[C, T]``."""
-    channels = weight.size(0)
-    values = weight[:, index.triplet] * (index.sign.to(weight.dtype) * scale)
-    table = weight.new_zeros(channels, num_blades**3)
-    table[:, index.position] = values
-    cube = table.view(channels, num_blades, num_blades, num_blades)  # [c, i, k, j]
-    square = num_blades * num_blades
-    return ProductTables(
-        forward=table.view(channels, square, num_blades),
-        left=cube.permute(0, 3, 2, 1).reshape(channels, square, num_blades),
-        right=cube.permute(0, 1, 3, 2).reshape(channels, square, num_blades),
-    )
-
-
-def _channel_major(x: Tensor) -> Tensor:
-    """Blade-major ``[2**n, M, C]`` <-> channel-major ``[C, M, 2**n]`` (a contiguous copy)."""
-    return x.permute(2, 1, 0).contiguous()
-
-
-def _outer(a: Tensor, b: Tensor) -> Tensor:
-    """``[C, M, 2**n] x [C, M, 2**n] -> [C, M, 4**n]``: the outer products of each channel's blades."""
-    return (a.unsqueeze(-1) * b.unsqueeze(-2)).flatten(2)
-
-
-class WeightedGeometricProduct(torch.autograd.Function):
-    r"""The weighted geometric product :math:`z_{c,j} = s \sum_i \sigma_{ij}\, w_{c, t(i,j)}\, x_{c,i}\,
-    y_{c, i \oplus j}` of blade-major ``x, y`` ``[2**n, M, C]`` with weights ``[C, T]``:
-    ``z_c = (x_c \otimes y_c) B_c`` with the per-channel table ``B_c`` ``[4**n, 2**n]``, one batched matmul.
-
-    Saves only ``x`` and ``y`` for backward (plus the weights and the small tables); the gradients with
-    respect to ``x`` and ``y`` are two more weighted products with the transposed tables, the weight
-    gradient is one batched matmul of the outer products with the output gradient, summed over the pairs of
-    each grade triplet. The
-    ``[C, M, 4**n]`` outer products exist only transiently, one at a time. The backward is built from
-    differentiable operations (with the tables rebuilt from the weights under ``create_graph=True``), so
-    second derivatives, e.g. of force losses, are exact (``gradgradcheck``-tested).
-    """
-
-    @staticmethod
-    def forward(
-        ctx,
-        x: Tensor,
-        y: Tensor,
-        weight: Tensor,
-        tables: ProductTables,
-        index: WeightedProductIndex,
-        scale: float,
-    ) -> Tensor:
-        ctx.save_for_backward(x, y, weight)
-        ctx.tables, ctx.index, ctx.scale = tables, index, scale
-        z = torch.bmm(_outer(_channel_major(x), _channel_major(y)), tables.forward)  # [C, M, 2**n]
-        return _channel_major(z)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        x, y, weight = ctx.saved_tensors
-        tables, index = ctx.tables, ctx.index
-        if torch.is_grad_enabled() and weight.requires_grad:  # create_graph: differentiable tables
-            tables = product_tables(weight, index, x.size(0), ctx.scale)
-        x_cm, y_cm, grad_cm = _channel_major(x), _channel_major(y), _channel_major(grad)
-        grad_x = grad_y = grad_weight = None
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[2]:
-            grad_outer = _outer(grad_cm, y_cm)  # [C, M, (j, k)], shared by the x and weight gradients
-            if ctx.needs_input_grad[0]:
-                grad_x = _channel_major(torch.bmm(grad_outer, tables.left))
-            if ctx.needs_input_grad[2]:
-                grad_table = torch.bmm(x_cm.transpose(1, 2), grad_outer)  # [C, i, (j, k)]
-                pairs = grad_table.flatten(1)[:, index.transposed_position] * (
-                    index.sign.to(grad.dtype) * ctx.scale
-                )
-                grad_weight = pairs.new_zeros(weight.shape)
-                grad_weight = grad_weight.index_add_(1, index.triplet, pairs)
-        if ctx.needs_input_grad[1]:
-            grad_y = _channel_major(torch.bmm(_outer(x_cm, grad_cm), tables.right))
-        return grad_x, grad_y, grad_weight, None, None, None
+        return _GradeNormalise.apply(x, self.a.t()[..., None], grade_tables(self.algebra, x.dtype), eps)
 
 
 class SteerableGeometricProduct(MVModule):
@@ -367,16 +367,16 @@ class SteerableGeometricProduct(MVModule):
 
     with one weight per channel and grade triplet (e.g. 20 non-zero triplets for :math:`Cl(3,0)`).
     The product is :class:`WeightedGeometricProduct` (an autograd function that saves only its operands).
-    Its per-channel tables ``[C, 4**n, 2**n]`` are built once per parameter update and cached (keyed on the
-    weight's version counter), not once per call.
+    Its signed weight tables ``[2**n, 2**n, C, 1]`` are built once per parameter update and cached (keyed on
+    the weight's version counter), not once per call.
 
     Shapes:
         - **input / output:** :math:`(*, C, 2^n)`
     """
 
     triplet_index: Tensor
-    table_position: Tensor
-    transposed_position: Tensor
+    right_index: Tensor
+    right_position: Tensor
 
     def __init__(self, channels: int, algebra: CliffordAlgebra) -> None:
         super().__init__()
@@ -388,11 +388,10 @@ class SteerableGeometricProduct(MVModule):
         ]
         unique, index = torch.unique(triplets, return_inverse=True)
         self.register_buffer("triplet_index", index.flatten(), persistent=False)
-        num, blades = algebra.num_blades, torch.arange(algebra.num_blades)
-        position = (blades[:, None] * num + algebra.right_index) * num + blades
-        self.register_buffer("table_position", position.flatten(), persistent=False)  # (i, k, j) per (i, j)
-        transposed = (blades[:, None] * num + blades) * num + algebra.right_index
-        self.register_buffer("transposed_position", transposed.flatten(), persistent=False)  # (i, j, k)
+        num = algebra.num_blades
+        self.register_buffer("right_index", algebra.right_index.flatten(), persistent=False)  # k per (i, j)
+        right_position = torch.arange(num)[:, None] * num + algebra.right_index  # (i, i xor k) per (i, k)
+        self.register_buffer("right_position", right_position.flatten(), persistent=False)
         self.num_triplets = unique.numel()
         self.linear_right = MVLinear(channels, channels, algebra, bias=False)
         self.linear_left = MVLinear(channels, channels, algebra)
@@ -409,7 +408,7 @@ class SteerableGeometricProduct(MVModule):
 
     def product_index(self) -> WeightedProductIndex:
         return WeightedProductIndex(
-            self.triplet_index, self.table_position, self.transposed_position, self.algebra.sign.flatten()
+            self.triplet_index, self.right_index, self.right_position, self.algebra.sign.flatten()
         )
 
     def product_tables(self) -> ProductTables:
@@ -436,16 +435,13 @@ class SteerableGeometricProduct(MVModule):
         return self.linear_left.forward_blade_major(x, residual=z, alpha=scale)
 
     def gather_product(self, x: Tensor, y: Tensor, scale: float) -> Tensor:
-        r"""The same weighted product as a broadcast, gather and sum over the left blade,
-        :math:`z_j = s \sum_i (\sigma_{ij} w_{t(i,j)}) \odot x_i \odot y_{i \oplus j}`: used inside
-        ``torch.compile`` graphs, where inductor fuses it (and its backward) into loops with no
-        ``[2**n, 2**n, M, C]`` buffer; in eager mode it would materialise that buffer, so eager uses
-        :class:`WeightedGeometricProduct`."""
-        blades = self.algebra.num_blades
-        index = self.product_index()
-        signed = self.weight[:, index.triplet] * (index.sign.to(x.dtype) * scale)  # [C, (i, j)]
-        signed = signed.t().reshape(blades, blades, 1, self.channels)
-        return (x[:, None] * signed * y[self.algebra.right_index]).sum(0)
+        r"""The same weighted product from differentiable operations (:func:`_signed_product` out of place,
+        tables built from the live weight), :math:`z_j = s \sum_i (\sigma_{ij} w_{t(i,j)}) \odot x_i \odot
+        y_{i \oplus j}`: used inside ``torch.compile`` graphs, where inductor fuses it (and its backward)
+        into loops with no ``[2**n, 2**n, C, M]`` buffer. Eager uses :class:`WeightedGeometricProduct`,
+        which saves only its operands and reuses one buffer in place."""
+        tables = product_tables(self.weight, self.product_index(), self.algebra.num_blades, scale)
+        return _signed_product(x, y, tables.forward, self.right_index)
 
 
 class MVLayerNorm(MVModule):
@@ -466,7 +462,8 @@ class MVLayerNorm(MVModule):
         nn.init.ones_(self.scale)
 
     def forward_blade_major(self, x: Tensor) -> Tensor:
-        return _LayerNormalise.apply(x, self.scale, self.algebra.blade_squares(x.dtype), self.eps)
+        squares = grade_tables(self.algebra, x.dtype).squares
+        return _LayerNormalise.apply(x, self.scale[:, None], squares, self.eps)
 
 
 class CEMLP(MVModule):

@@ -14,17 +14,17 @@ from pyg_clifford import (
     MVLinear,
     MVSiLU,
     SteerableGeometricProduct,
+    product,
 )
 from pyg_clifford.layers import (
-    WeightedGeometricProduct,
     _GradeGate,
     _GradeNormalise,
     _LayerNormalise,
     from_blade_major,
     grade_tables,
-    product_tables,
     to_blade_major,
 )
+from pyg_clifford.product import WeightedGeometricProduct, product_tables
 
 METRICS = [(1.0, 1.0, 1.0), (1.0, -1.0, -1.0, -1.0), (0.5, 2.0)]
 
@@ -43,7 +43,7 @@ def test_weighted_product_passes_gradcheck(metric: tuple[float, ...]) -> None:
     layer = SteerableGeometricProduct(3, algebra).double()
     blades, index = algebra.num_blades, layer.product_index()
     generator = torch.Generator().manual_seed(0)
-    x, y = torch.randn(2, blades, 4, 3, dtype=torch.float64, generator=generator).requires_grad_().unbind()
+    x, y = torch.randn(2, blades, 3, 4, dtype=torch.float64, generator=generator).requires_grad_().unbind()
     weight = torch.randn(3, layer.num_triplets, dtype=torch.float64, generator=generator, requires_grad=True)
 
     def product(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -65,17 +65,17 @@ def test_fused_invariant_layers_pass_gradcheck(metric: tuple[float, ...]) -> Non
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, dtype=torch.float64, generator=generator).requires_grad_()
 
-    x = rand(algebra.num_blades, 5, 3)
+    x = rand(algebra.num_blades, 3, 5)
     alpha, beta, a = (
-        rand(algebra.num_grades, 1, 3),
-        rand(algebra.num_grades, 1, 3),
-        rand(algebra.num_grades, 1, 3),
+        rand(algebra.num_grades, 3, 1),
+        rand(algebra.num_grades, 3, 1),
+        rand(algebra.num_grades, 3, 1),
     )
     squares = algebra.blade_squares(torch.float64)
     checks = [
         (lambda x, al, be: _GradeGate.apply(x, al, be, tables), (x, alpha, beta)),
         (lambda x, a: _GradeNormalise.apply(x, a, tables, 1e-12), (x, a)),
-        (lambda x, s: _LayerNormalise.apply(x, s, squares, 1e-6), (x, rand(3))),
+        (lambda x, s: _LayerNormalise.apply(x, s, squares, 1e-6), (x, rand(3, 1))),
     ]
     for function, inputs in checks:
         assert torch.autograd.gradcheck(function, inputs)
@@ -86,7 +86,7 @@ def test_weighted_product_equals_the_signed_gather() -> None:
     r"""z_{c,j} = s sum_i sigma_ij w_{c,t(i,j)} x_{c,i} y_{c,i xor j}, evaluated with explicit loops."""
     algebra = CliffordAlgebra((1.0, -1.0, 0.5)).double()
     layer = perturbed(SteerableGeometricProduct(2, algebra).double())
-    x, y = torch.randn(2, 8, 3, 2, dtype=torch.float64).unbind()
+    x, y = torch.randn(2, 8, 2, 3, dtype=torch.float64).unbind()
     tables = product_tables(layer.weight.detach(), layer.product_index(), 8, 0.7)
     z = WeightedGeometricProduct.apply(x, y, layer.weight, tables, layer.product_index(), 0.7)
     expected = torch.zeros_like(z)
@@ -95,7 +95,7 @@ def test_weighted_product_equals_the_signed_gather() -> None:
         for j in range(8):
             k = int(algebra.right_index[i, j])
             weight = layer.weight[:, triplet[i, j]] * algebra.sign[i, j] * 0.7
-            expected[j] += weight * x[i] * y[k]
+            expected[j] += weight[:, None] * x[i] * y[k]
     torch.testing.assert_close(z, expected)
 
 
@@ -103,7 +103,7 @@ def test_compiled_gather_formulation_equals_the_product_function() -> None:
     """Inside torch.compile the layer uses gather_product; it must equal the eager function, gradients too."""
     algebra = CliffordAlgebra((1.0, -1.0, -1.0, -1.0)).double()
     layer = perturbed(SteerableGeometricProduct(3, algebra).double())
-    x, y = torch.randn(2, 16, 5, 3, dtype=torch.float64).requires_grad_().unbind()
+    x, y = torch.randn(2, 16, 3, 5, dtype=torch.float64).requires_grad_().unbind()
     scale = 1 / math.sqrt(2)
     eager = WeightedGeometricProduct.apply(
         x, y, layer.weight, layer.product_tables(), layer.product_index(), scale
@@ -182,7 +182,7 @@ def test_gradenorm_and_layernorm_formulas() -> None:
 
 def test_blade_major_round_trip_and_empty_inputs() -> None:
     x = torch.randn(2, 3, 4, 8)
-    assert to_blade_major(x).shape == (8, 6, 4)
+    assert to_blade_major(x).shape == (8, 4, 6)
     torch.testing.assert_close(from_blade_major(to_blade_major(x), x.shape[:-2]), x)
     layer = SteerableGeometricProduct(4, CliffordAlgebra((1.0, 1.0, 1.0)))
     assert layer(torch.randn(0, 4, 8)).shape == (0, 4, 8)
@@ -208,3 +208,64 @@ def test_low_precision_forward_agrees_with_float64(dtype: torch.dtype, tolerance
     error = (low - reference).norm() / reference.norm()
     assert error < tolerance, error
     assert math.isfinite(float(error))
+
+
+def test_tiled_product_equals_the_untiled_formula(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The eager product tiles the batch axis (several tiles and a shorter last one here); values and all
+    three gradients equal the untiled differentiable formula, also for non-contiguous operands and a
+    non-contiguous output gradient."""
+    monkeypatch.setattr(product, "_TILE", 64 * 3 * 4)  # tiles of 4 columns: 4, 4, 4, 1
+    algebra = CliffordAlgebra((1.0, -1.0, 0.5)).double()
+    layer = perturbed(SteerableGeometricProduct(3, algebra).double())
+    index = layer.product_index()
+    generator = torch.Generator().manual_seed(2)
+    x, y = torch.randn(2, 13, 3, 8, dtype=torch.float64, generator=generator).unbind()
+    x, y = x.permute(2, 1, 0).requires_grad_(), y.permute(2, 1, 0).requires_grad_()  # [8, 3, 13], strided
+    grad = torch.randn(13, 3, 8, dtype=torch.float64, generator=generator).permute(2, 1, 0)
+    tables = product_tables(layer.weight.detach(), index, 8, 0.7)
+    tiled = WeightedGeometricProduct.apply(x, y, layer.weight, tables, index, 0.7)
+    untiled = product._signed_product(x, y, product_tables(layer.weight, index, 8, 0.7).forward, index.right)
+    torch.testing.assert_close(tiled, untiled)
+    for got, expected in zip(
+        torch.autograd.grad(tiled, (x, y, layer.weight), grad),
+        torch.autograd.grad(untiled, (x, y, layer.weight), grad),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, expected)
+
+
+def test_fused_layers_accept_non_contiguous_blade_major_inputs() -> None:
+    """forward_blade_major of the fused layers on a permuted (non-contiguous) input equals the same input
+    made contiguous, gradients too."""
+    algebra = CliffordAlgebra((1.0, 1.0, 1.0)).double()
+    base = torch.randn(7, 3, 8, dtype=torch.float64)
+    for layer in (MVSiLU(3, algebra), MVGradeNorm(3, algebra), MVLayerNorm(3, algebra)):
+        layer = perturbed(layer.double())
+        strided = base.permute(2, 1, 0).requires_grad_()
+        dense = base.permute(2, 1, 0).contiguous().requires_grad_()
+        out_strided, out_dense = layer.forward_blade_major(strided), layer.forward_blade_major(dense)
+        torch.testing.assert_close(out_strided, out_dense)
+        grad = torch.randn_like(out_dense)
+        torch.testing.assert_close(
+            torch.autograd.grad(out_strided, strided, grad)[0], torch.autograd.grad(out_dense, dense, grad)[0]
+        )
+
+
+def test_product_gradients_for_a_subset_of_inputs() -> None:
+    """Frozen weights or operands: the eager backward computes only what is asked, and it matches."""
+    algebra = CliffordAlgebra((1.0, 1.0, 1.0)).double()
+    layer = perturbed(SteerableGeometricProduct(2, algebra).double())
+    index = layer.product_index()
+    tables = product_tables(layer.weight.detach(), index, 8, 0.7)
+    x, y = torch.randn(2, 8, 2, 5, dtype=torch.float64).unbind()
+    for wanted in ((0,), (1,), (2,), (0, 2)):
+        inputs = [x.clone(), y.clone(), layer.weight.detach().clone()]
+        for position in wanted:
+            inputs[position].requires_grad_()
+        out = WeightedGeometricProduct.apply(*inputs, tables, index, 0.7)
+        got = torch.autograd.grad(out.square().sum(), [inputs[p] for p in wanted])
+        reference = [t.detach().clone().requires_grad_() for t in inputs]
+        full = WeightedGeometricProduct.apply(*reference, tables, index, 0.7)
+        expected = torch.autograd.grad(full.square().sum(), [reference[p] for p in wanted])
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b)
