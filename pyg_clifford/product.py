@@ -45,7 +45,7 @@ def product_tables(
     )
 
 
-_TILE = 2**18  # entries of the product buffer per tile (1 MiB in float32)
+_TILE = 2**18  # entries of the product buffer per CPU tile (1 MiB in float32, a cache)
 
 
 def _signed_product(a: Tensor, b: Tensor, table: Tensor, right: Tensor) -> Tensor:
@@ -66,7 +66,8 @@ class _PairTiles:
 
     def __init__(self, x: Tensor) -> None:
         blades, channels, m = x.shape
-        self.width = min(max(m, 1), max(1, _TILE // (blades * blades * channels)))
+        tile = _TILE if x.device.type == "cpu" else blades * blades * channels * max(m, 1)  # one tile on GPUs
+        self.width = min(max(m, 1), max(1, tile // (blades * blades * channels)))
         buffer = x.new_empty(blades * blades * channels * self.width)
         self.ones = x.new_ones(1, blades)
         self.views: dict[int, tuple[Tensor, Tensor, Tensor]] = {}

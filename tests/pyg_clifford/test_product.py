@@ -24,7 +24,7 @@ from pyg_clifford.layers import (
     grade_tables,
     to_blade_major,
 )
-from pyg_clifford.product import WeightedGeometricProduct, product_tables
+from pyg_clifford.product import _TILE, WeightedGeometricProduct, _PairTiles, product_tables
 
 METRICS = [(1.0, 1.0, 1.0), (1.0, -1.0, -1.0, -1.0), (0.5, 2.0)]
 
@@ -269,3 +269,10 @@ def test_product_gradients_for_a_subset_of_inputs() -> None:
         expected = torch.autograd.grad(full.square().sum(), [reference[p] for p in wanted])
         for a, b in zip(got, expected, strict=True):
             torch.testing.assert_close(a, b)
+
+
+def test_product_is_tiled_for_the_cpu_cache_only():
+    """CPU tiles keep the pair buffer at 1 MiB; other devices (meta stands in for a GPU) get one tile."""
+    cpu = _PairTiles(torch.empty(8, 28, 1000))
+    assert cpu.width * 8 * 8 * 28 <= _TILE < (cpu.width + 1) * 8 * 8 * 28
+    assert _PairTiles(torch.empty(8, 28, 1000, device="meta")).width == 1000
