@@ -109,12 +109,13 @@ def key_value_grams(k: Tensor, v: Tensor, bandwidth: float) -> tuple[Tensor, Ten
 def _augmented_features(x: Tensor, bandwidth: float) -> tuple[Tensor, Tensor]:
     """Row-centred features ``a, b`` of shape ``[B * H, N, D + 2]`` (float32, float64 for float64 input)
     with :math:`a_j^\\top b_l = -\\lVert x_j - x_l \\rVert^2 / \\sigma`."""
-    n = x.shape[-2]
-    x = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32).reshape(-1, n, x.shape[-1])
-    x = (x - x.mean(-2, keepdim=True)).mul_(math.sqrt(2 / bandwidth))
+    n, d = x.shape[-2], x.shape[-1]
+    x = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+    x = (x - x.mean(-2, keepdim=True)).mul_(math.sqrt(2 / bandwidth))  # any layout: cat makes it contiguous
     half_sq = torch.linalg.vector_norm(x, dim=-1, keepdim=True).pow(2).mul(-0.5)
     ones = torch.ones_like(half_sq)
-    return torch.cat([x, half_sq, ones], -1), torch.cat([x, ones, half_sq], -1)
+    return (torch.cat([x, half_sq, ones], -1).reshape(-1, n, d + 2),
+            torch.cat([x, ones, half_sq], -1).reshape(-1, n, d + 2))
 
 
 def kirwls_key_value_weights(
