@@ -9,7 +9,6 @@ import math
 from typing import Final
 
 import torch
-import torch.nn.functional as F
 from timm.layers import Attention, maybe_add_mask, register_notrace_function, resolve_self_attn_mask
 from torch import Tensor, nn
 
@@ -22,6 +21,7 @@ from .functional import (
     kirwls_key_value_weights,
     mom_attention_map,
     spkde_weights,
+    unit_norm,
     valid_keys,
     weighted_kde_attention,
     weighted_kde_attention_map,
@@ -135,7 +135,7 @@ class KDEAttention(Attention):
         B, N, _ = x.shape
         gate = self.gate(x).sigmoid() if self.gate is not None else None
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        q, k = self.q_norm(q), F.normalize(self.k_norm(k), dim=-1)
+        q, k = self.q_norm(q), unit_norm(self.k_norm(k))
         x = self.attend(q, k, v, attn_mask, is_causal)
         x = self.norm(x.transpose(1, 2).reshape(B, N, self.attn_dim))
         if gate is not None:

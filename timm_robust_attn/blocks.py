@@ -9,13 +9,13 @@ attention core by the estimator of a robust attention class.
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from timm.layers import LayerNorm
 from timm.models import vision_transformer
 from timm.models.vision_transformer import ParallelScalingBlock
 from torch import Tensor, nn
 
 from .attention import KDEAttention
+from .functional import unit_norm
 
 __all__ = ["RobustParallelScalingBlock", "attention_estimator"]
 
@@ -117,7 +117,7 @@ class RobustParallelScalingBlock(ParallelScalingBlock):
         if self.mlp_bias is not None:
             x_mlp = x_mlp + self.mlp_bias
         q = self.q_norm(q.view(B, N, self.num_heads, self.head_dim)).transpose(1, 2)
-        k = F.normalize(self.k_norm(k.view(B, N, self.num_heads, self.head_dim)), dim=-1).transpose(1, 2)
+        k = unit_norm(self.k_norm(k.view(B, N, self.num_heads, self.head_dim))).transpose(1, 2)
         v = v.view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
         x_attn = self.attn.attend(q, k, v, attn_mask, is_causal).transpose(1, 2).reshape(B, N, C)
         x_mlp = self.mlp_drop(self.mlp_act(x_mlp))

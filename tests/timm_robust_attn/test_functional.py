@@ -17,6 +17,7 @@ from timm_robust_attn.functional import (
     project_simplex,
     psi_over_r,
     spkde_weights,
+    unit_norm,
     weighted_kde_attention,
 )
 
@@ -151,7 +152,7 @@ def test_kirwls_key_value_weights_with_gradients_equal_constant_path(iterations)
     k.requires_grad_(True)
     with_grad = kirwls_key_value_weights(k, v, 3.0, iterations, "huber", None, valid)
     assert with_grad[0].requires_grad and not constant[0].requires_grad
-    for a, b in zip(with_grad, constant):
+    for a, b in zip(with_grad, constant, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
     with_grad[0].sum().backward()
     assert k.grad is not None
@@ -163,7 +164,7 @@ def test_kirwls_key_value_weights_in_float64():
     valid = torch.ones(2, 3, 9, dtype=torch.bool)
     w64 = kirwls_key_value_weights(k, v, 3.0, 1, "hampel", None, valid)
     assert w64[0].dtype == torch.float64
-    for a, b in zip(w64, direct_kirwls_pair(k, v, 3.0, 1, "hampel", None, valid)):
+    for a, b in zip(w64, direct_kirwls_pair(k, v, 3.0, 1, "hampel", None, valid), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
@@ -286,3 +287,16 @@ def test_mom_picks_the_median_block_of_the_allowed_keys_under_a_mask(mask_kind):
     torch.testing.assert_close(mom_attention(q, k, v, blocks, num_blocks, 2.0, mask).double(), expected,
                                rtol=1e-5, atol=1e-5)
     assert not torch.allclose(blind, expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_unit_norm_equals_f_normalize_with_gradient(dtype):
+    x = torch.randn(2, 3, 5, 8, dtype=dtype).permute(0, 2, 1, 3)
+    x[0, 0, 0] = 0.0
+    x.requires_grad_(True)
+    g = torch.randn(x.shape, dtype=dtype)
+    (ours,) = torch.autograd.grad(unit_norm(x), x, g)
+    (reference,) = torch.autograd.grad(F.normalize(x, dim=-1), x, g)
+    torch.testing.assert_close(unit_norm(x), F.normalize(x, dim=-1))
+    torch.testing.assert_close(ours[1:], reference[1:])
+    assert torch.equal(unit_norm(x)[0, 0, 0], torch.zeros(8, dtype=dtype))
