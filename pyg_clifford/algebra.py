@@ -59,6 +59,8 @@ class CliffordAlgebra(nn.Module):
         self.dim = len(metric)
         self.num_blades = 2**self.dim
         self.num_grades = self.dim + 1
+        self.table_cache: dict = {}
+        """Constant tables derived from the buffers, keyed by the layers that build them (eager mode only)."""
 
         blades = [c for g in range(self.dim + 1) for c in combinations(range(self.dim), g)]
         self.blade_names = ["1" if not b else "e" + "".join(str(i + 1) for i in b) for b in blades]

@@ -12,7 +12,6 @@ around its own :meth:`~MVModule.forward_blade_major`.
 """
 
 import math
-import weakref
 from typing import NamedTuple
 
 import torch
@@ -122,16 +121,13 @@ class GradeTables(NamedTuple):
     doubled: Tensor
 
 
-_GRADE_TABLES: "weakref.WeakKeyDictionary[CliffordAlgebra, dict]" = weakref.WeakKeyDictionary()
-
-
 def grade_tables(algebra: CliffordAlgebra, dtype: torch.dtype) -> GradeTables:
-    """The :class:`GradeTables` of ``algebra`` in ``dtype``, cached per algebra, dtype and device in eager
-    mode (they are constants; building them is a dozen small operations)."""
+    """The :class:`GradeTables` of ``algebra`` in ``dtype``, cached in ``algebra.table_cache`` per dtype and
+    device in eager mode (they are constants; building them is a dozen small operations)."""
     compiling = torch.compiler.is_compiling()
-    key = (dtype, algebra.blade_grades.device)
-    if not compiling and key in _GRADE_TABLES.get(algebra, {}):
-        return _GRADE_TABLES[algebra][key]
+    key = ("grade_tables", dtype, algebra.blade_grades.device)
+    if not compiling and key in algebra.table_cache:
+        return algebra.table_cache[key]
     with torch.inference_mode(False):  # normal tensors even when first built under inference_mode
         signed = algebra.grade_sum_matrix(dtype)
         tables = GradeTables(
@@ -142,7 +138,7 @@ def grade_tables(algebra: CliffordAlgebra, dtype: torch.dtype) -> GradeTables:
             2 * signed.t(),
         )
     if not compiling:
-        _GRADE_TABLES.setdefault(algebra, {})[key] = tables
+        algebra.table_cache[key] = tables
     return tables
 
 

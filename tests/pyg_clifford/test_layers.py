@@ -15,6 +15,7 @@ from pyg_clifford import (
     MVSiLU,
     SteerableGeometricProduct,
 )
+from pyg_clifford.layers import grade_tables
 from pyg_clifford.testing import assert_equivariant
 
 CHANNELS = 5
@@ -118,3 +119,11 @@ def test_steerable_product_equals_weighted_grade_products(metric: tuple[float, .
         product = algebra.geometric_product(algebra.grade_projection(x, gi), algebra.grade_projection(y, gk))
         z = z + layer.weight[:, t, None] * algebra.grade_projection(product, gj)
     torch.testing.assert_close(layer(x), (layer.linear_left(x) + z) / math.sqrt(2.0))
+
+
+def test_grade_tables_are_cached_on_their_algebra_per_dtype():
+    alg, other = CliffordAlgebra((1.0, 1.0, 1.0)), CliffordAlgebra((1.0, 1.0, 1.0))
+    tables = grade_tables(alg, torch.float32)
+    assert grade_tables(alg, torch.float32) is tables
+    assert grade_tables(alg, torch.float64).signed.dtype == torch.float64
+    assert len(alg.table_cache) == 2 and other.table_cache == {}
