@@ -4,25 +4,30 @@ Tasks: the charged n-body system (EGNN protocol: frame 30 -> 40) and MD17 molecu
 dynamics (GMN protocol, ``{molecule}_mmff.npz`` generated here with ``python -m pyg_clifford.mmff`` if
 missing). Every model is trained with the same data, epochs, batch size and seeds; seed ``s`` fixes the
 model initialisation and the shuffling order, so the runs of one seed are paired. The EGNN baseline is the
-EGNN paper's n-body model (velocity term in every layer) built from egnn-pytorch's layers, trained with its
-gradient norm clipped at 1 (it diverges without); its learning rate is tuned per task on the validation set
-(seed 0) over ``--egnn-lrs``. ``h1-wide`` is hops 1 with the width
-whose parameter count is closest to hops 2's, so that a win of hops 2 is not just more parameters.
+EGNN paper's n-body model (velocity term in every layer) built from egnn-pytorch's layers, with its
+reference weight decay (1e-12) and its gradient norm clipped at 1 (it diverges without); CG-EGNN has
+CGENN's weight decay (1e-4). Every arm's learning rate is tuned on the validation set with the first seed,
+over ``--lrs`` (CG-EGNN) or ``--egnn-lrs`` (EGNN); the other seeds use the best one. ``h1-wide`` is hops 1
+with the width whose parameter count is closest to hops 2's, so that a win of hops 2 is not just more
+parameters.
 
 Reported per task: test MSE at the best validation epoch, mean +- std over seeds, the paired differences
-hops 2 - hops 1 (and hops 2 - wide hops 1, hops 3 - hops 1) with 95 % t confidence intervals over seeds, the
-validation curves (``OUT/<task>_val.png``) and the training time. Each run is a ``python -m
-pyg_clifford.train`` call in ``OUT/<task>/<model>_s<seed>``: finished runs are read from their
-``result.json``, interrupted ones resume from their checkpoint, so the script can be stopped and restarted.
+hops 2 - hops 1 (and hops 2 - wide hops 1, hops 3 - hops 1, hops 3 - hops 2, against EGNN) with 95 % t
+confidence intervals over seeds, the validation curves (``OUT/<task>_val.png``), the learning-rate grids
+and the training time. Each run is a ``python -m pyg_clifford.train`` call in
+``OUT/<task>/<model>_lr<lr>_s<seed>``: finished runs are read from their ``result.json``, interrupted ones
+resume from their checkpoint, so the script can be stopped and restarted. ``--cost STEPS`` trains nothing:
+it times a few training steps and evaluation batches of every arm at the given sizes and writes the CPU
+time the study would take (``OUT/cost.md``).
 
-Full protocol (hours on a GPU-less machine; see docs/pyg_clifford.md)::
+Full protocol (weeks of one CPU core; ``--cost 2`` measures it, see docs/pyg_clifford.md)::
 
-    python -m benchmarks.pyg_clifford_khop --epochs 200
+    python -m benchmarks.pyg_clifford_khop --epochs 200 --lrs 1e-3 4e-3 1e-2
 
-Reduced study that fits ~40 min of one CPU core (the one in README)::
+Reduced molecule study that fits ~40 min of one CPU core (the one in README)::
 
-    python -m benchmarks.pyg_clifford_khop --nbody-sizes 500 200 300 --md17-sizes 300 200 300 \\
-        --epochs 20 --batch-size 25 --hidden 8 --layers 2
+    python -m benchmarks.pyg_clifford_khop --tasks malonaldehyde aspirin --md17-sizes 100 100 100 \\
+        --epochs 30 --batch-size 10 --hidden 8 --layers 2 --lrs 1e-3 4e-3 1e-2 --egnn-lrs 5e-4 2e-3 1e-2
 """
 
 import argparse
