@@ -4,25 +4,30 @@ Tasks: the charged n-body system (EGNN protocol: frame 30 -> 40) and MD17 molecu
 dynamics (GMN protocol, ``{molecule}_mmff.npz`` generated here with ``python -m pyg_clifford.mmff`` if
 missing). Every model is trained with the same data, epochs, batch size and seeds; seed ``s`` fixes the
 model initialisation and the shuffling order, so the runs of one seed are paired. The EGNN baseline is the
-EGNN paper's n-body model (velocity term in every layer) built from egnn-pytorch's layers, trained with its
-gradient norm clipped at 1 (it diverges without); its learning rate is tuned per task on the validation set
-(seed 0) over ``--egnn-lrs``. ``h1-wide`` is hops 1 with the width
-whose parameter count is closest to hops 2's, so that a win of hops 2 is not just more parameters.
+EGNN paper's n-body model (velocity term in every layer) built from egnn-pytorch's layers, with its
+reference weight decay (1e-12) and its gradient norm clipped at 1 (it diverges without); CG-EGNN has
+CGENN's weight decay (1e-4). Every arm's learning rate is tuned on the validation set with the first seed,
+over ``--lrs`` (CG-EGNN) or ``--egnn-lrs`` (EGNN); the other seeds use the best one. ``h1-wide`` is hops 1
+with the width whose parameter count is closest to hops 2's, so that a win of hops 2 is not just more
+parameters.
 
 Reported per task: test MSE at the best validation epoch, mean +- std over seeds, the paired differences
-hops 2 - hops 1 (and hops 2 - wide hops 1, hops 3 - hops 1) with 95 % t confidence intervals over seeds, the
-validation curves (``OUT/<task>_val.png``) and the training time. Each run is a ``python -m
-pyg_clifford.train`` call in ``OUT/<task>/<model>_s<seed>``: finished runs are read from their
-``result.json``, interrupted ones resume from their checkpoint, so the script can be stopped and restarted.
+hops 2 - hops 1 (and hops 2 - wide hops 1, hops 3 - hops 1, hops 3 - hops 2, against EGNN) with 95 % t
+confidence intervals over seeds, the validation curves (``OUT/<task>_val.png``), the learning-rate grids
+and the training time. Each run is a ``python -m pyg_clifford.train`` call in
+``OUT/<task>/<model>_lr<lr>_s<seed>``: finished runs are read from their ``result.json``, interrupted ones
+resume from their checkpoint, so the script can be stopped and restarted. ``--cost STEPS`` trains nothing:
+it times a few training steps and evaluation batches of every arm at the given sizes and writes the CPU
+time the study would take (``OUT/cost.md``).
 
-Full protocol (hours on a GPU-less machine; see docs/pyg_clifford.md)::
+Full protocol (weeks of one CPU core; ``--cost 2`` measures it, see docs/pyg_clifford.md)::
 
-    python -m benchmarks.pyg_clifford_khop --epochs 200
+    python -m benchmarks.pyg_clifford_khop --epochs 200 --lrs 1e-3 4e-3 1e-2
 
-Reduced study that fits ~40 min of one CPU core (the one in README)::
+Reduced molecule study that fits ~40 min of one CPU core (the one in README)::
 
-    python -m benchmarks.pyg_clifford_khop --nbody-sizes 500 200 300 --md17-sizes 300 200 300 \\
-        --epochs 20 --batch-size 25 --hidden 8 --layers 2
+    python -m benchmarks.pyg_clifford_khop --tasks malonaldehyde aspirin --md17-sizes 100 100 100 \\
+        --epochs 30 --batch-size 10 --hidden 8 --layers 2 --lrs 1e-3 4e-3 1e-2 --egnn-lrs 5e-4 2e-3 1e-2
 """
 
 import argparse
@@ -30,10 +35,13 @@ import json
 import math
 import statistics
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
 
 from pyg_clifford import CGEGNN, MD17Trajectory, NBody, train
@@ -51,6 +59,7 @@ CONFIG_KEYS = (
     "hops",
     "model",
     "clip_grad",
+    "weight_decay",
 )
 
 
@@ -114,18 +123,20 @@ def no_motion_mse(task: str, args: argparse.Namespace) -> float:
     return float((torch.cat([d.pos - d.y for d in test]) ** 2).mean())
 
 
-def models(task: str, args: argparse.Namespace) -> dict[str, list[str]]:
-    """The CG-EGNN arms of one task, by name, with their training options."""
+def models(task: str, args: argparse.Namespace) -> dict[str, Callable[[float], list[str]]]:
+    """The arms of one task, by name: each maps a learning rate to the arm's training options."""
 
-    def options(hops: int, width: int) -> list[str]:
-        return ["--hops", str(hops), "--hidden", str(width), "--layers", str(args.layers)] + [
-            "--lr",
-            str(args.lr),
-        ]
+    def cgegnn(hops: int, width: int) -> Callable[[float], list[str]]:
+        def options(lr: float) -> list[str]:
+            sizes = ["--hidden", str(width), "--layers", str(args.layers)]
+            return ["--hops", str(hops), *sizes, "--lr", str(lr)]
 
-    arms = {f"h{k}": options(k, args.hidden) for k in args.hops}
+        return options
+
+    arms = {f"h{k}": cgegnn(k, args.hidden) for k in args.hops}
     if 1 in args.hops and 2 in args.hops:
-        arms["h1-wide"] = options(1, matched_width(args.hidden, args.layers, 2, 1 if task == "nbody" else 2))
+        arms["h1-wide"] = cgegnn(1, matched_width(args.hidden, args.layers, 2, 1 if task == "nbody" else 2))
+    arms["egnn"] = partial(egnn_options, args=args)
     return arms
 
 
@@ -137,6 +148,11 @@ def egnn_options(lr: float, args: argparse.Namespace) -> list[str]:
         "--clip-grad",
         "1",
     ]
+
+
+def learning_rates(name: str, args: argparse.Namespace) -> list[float]:
+    """The grid an arm's learning rate is tuned over (EGNN: ``--egnn-lrs``, CG-EGNN: ``--lrs``)."""
+    return args.egnn_lrs if name == "egnn" else args.lrs
 
 
 def mean_std(values: list[float]) -> str:
@@ -192,7 +208,9 @@ def late_gain(runs: list[dict]) -> float:
     return float(np.nanmean(gains)) if np.isfinite(gains).any() else float("nan")
 
 
-def report(task: str, results: dict[str, list[dict]], egnn_lr: float, args: argparse.Namespace) -> str:
+def report(
+    task: str, results: dict[str, list[dict]], grids: dict[str, dict[float, float]], args: argparse.Namespace
+) -> str:
     sizes = args.nbody_sizes if task == "nbody" else args.md17_sizes
     what = "n-body (charged, 5 bodies, frame 30 -> 40)" if task == "nbody" else f"{task} (MMFF94 MD, GMN)"
     lines = [
@@ -212,11 +230,14 @@ def report(task: str, results: dict[str, list[dict]], egnn_lr: float, args: argp
         )
     lines.append("")
     test = {name: [r["test_mse"] for r in runs] for name, runs in results.items()}
-    for a, b in (("h2", "h1"), ("h2", "h1-wide"), ("h3", "h1"), ("h2", "egnn"), ("h1", "egnn")):
+    for a, b in (("h2", "h1"), ("h2", "h1-wide"), ("h3", "h1"), ("h3", "h2"), ("h2", "egnn"), ("h1", "egnn")):
         if a in test and b in test:
             lines.append(f"- paired {a} - {b}: {paired(test[a], test[b])}")
     lines.append(f"- predicting no motion (x_t): test MSE {no_motion_mse(task, args):.5f}")
-    lines.append(f"- EGNN lr tuned on validation (seed 0) over {args.egnn_lrs}: {egnn_lr:g}")
+    for name, grid in grids.items():
+        if len(grid) > 1:
+            scores = ", ".join(f"{lr:g}: {val:.5f}" for lr, val in grid.items())
+            lines.append(f"- {name} lr tuned on validation (seed {args.seeds[0]}), val MSE by lr: {scores}")
     frozen = {
         f"{name}: {p}"
         for name, runs in results.items()
@@ -226,6 +247,81 @@ def report(task: str, results: dict[str, list[dict]], egnn_lr: float, args: argp
     lines.append(f"- parameters left at their initial values: {', '.join(sorted(frozen)) or 'none'}")
     total = sum(r["train_seconds"] for runs in results.values() for r in runs)
     lines.append(f"- training time of this table: {total:.0f} s (1 thread); curves: `{task}_val.png`")
+    return "\n".join(lines)
+
+
+def time_steps(task: str, options: list[str], args: argparse.Namespace) -> tuple[int, float, float]:
+    """Parameters, seconds per training step (forward, backward, clipping as in training, Adam) and seconds
+    per evaluation batch of one arm at ``--batch-size``, median over ``--cost`` timed repeats after one
+    untimed warm-up. Per-step cost does not depend on the split sizes (every n-body graph has 5 nodes, every
+    MD17 graph is the molecule's), so the graphs come from small splits of one batch each."""
+    data = ["nbody", "--root", str(Path(args.root) / "nbody")]
+    if task != "nbody":
+        data = ["md17", "--root", str(Path(args.root) / "md17"), "--molecule", task, "--source", "mmff"]
+        data += ["--delta-frame", str(args.delta_frame), "--skip", str(args.skip)]
+    sizes = ["--num-train", str(args.batch_size), "--num-val", "1", "--num-test", "1"]
+    argv = [*data, *sizes, "--out", str(Path(args.out) / "cost"), "--threads", str(args.threads), *options]
+    config = train.resolve_defaults(train.build_parser().parse_args(argv))
+    torch.set_num_threads(args.threads)
+    batch = next(iter(DataLoader(train.load_splits(config, 0, 1)["train"], batch_size=args.batch_size)))
+    torch.manual_seed(0)
+    model = train.build_model(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        ((train.predict(model, batch) - batch.y) ** 2).mean().backward()
+        if config.clip_grad:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+        optimizer.step()
+
+    def evaluate() -> None:
+        with torch.no_grad():
+            train.predict(model, batch)
+
+    seconds = []
+    for function in (step, evaluate):
+        model.train(function is step)
+        function()
+        times = []
+        for _ in range(args.cost):
+            start = time.perf_counter()
+            function()
+            times.append(time.perf_counter() - start)
+        seconds.append(statistics.median(times))
+    return sum(p.numel() for p in model.parameters()), seconds[0], seconds[1]
+
+
+def cost_table(args: argparse.Namespace) -> str:
+    """Seconds per epoch of every arm at the configured sizes, timed over a few steps, and the CPU time of
+    the whole study: per task, ``len(seeds)`` runs of each arm plus the extra learning rates of its grid
+    (seed 0), each ``--epochs`` epochs; an epoch is ``ceil(train / batch)`` training steps and an evaluation
+    of the validation and the test split (the test split is evaluated only at improving epochs, so this is
+    an upper bound; under cosine decay most epochs improve)."""
+    lines = [
+        f"### Cost of the study at {args.epochs} epochs, batch {args.batch_size}, seeds {len(args.seeds)}, "
+        f"CG-EGNN width {args.hidden} x {args.layers} layers, EGNN {args.egnn_hidden} x {args.egnn_layers} "
+        f"({args.threads} thread)",
+        "",
+        "| task | model | parameters | train step (s) | eval batch (s) | epoch (s) | runs | CPU hours |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    total = 0.0
+    for task in tqdm(args.tasks, desc="timing tasks"):
+        num_train, num_val, num_test = args.nbody_sizes if task == "nbody" else args.md17_sizes
+        for name, options in tqdm(models(task, args).items(), desc=task, leave=False):
+            grid = learning_rates(name, args)
+            params, step, evaluation = time_steps(task, options(grid[0]), args)
+            batches = [math.ceil(size / args.batch_size) for size in (num_train, num_val, num_test)]
+            epoch = batches[0] * step + (batches[1] + batches[2]) * evaluation
+            runs = len(args.seeds) + len(grid) - 1
+            hours = runs * args.epochs * epoch / 3600
+            total += hours
+            lines.append(
+                f"| {task} | {name} | {params:,} | {step:.3f} | {evaluation:.3f} | {epoch:.1f} | {runs} "
+                f"| {hours:.1f} |"
+            )
+    lines += ["", f"Total: {total:.1f} CPU hours ({total / 24:.1f} days of one core)."]
     return "\n".join(lines)
 
 
@@ -245,7 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--md17-sizes", type=int, nargs=3, default=[500, 2000, 2000], metavar="N")
     parser.add_argument("--hidden", type=int, default=28, help="CG-EGNN multivector channels")
     parser.add_argument("--layers", type=int, default=4, help="CG-EGNN layers")
-    parser.add_argument("--lr", type=float, default=4e-3, help="CG-EGNN learning rate (CGENN's)")
+    parser.add_argument("--lrs", type=float, nargs="+", default=[4e-3],
+                        help="CG-EGNN learning rates, tuned per arm on validation with the first seed "
+                        "(default: CGENN's 4e-3 only)")  # fmt: skip
     parser.add_argument("--egnn-hidden", type=int, default=64, help="EGNN width (EGNN paper: 64)")
     parser.add_argument("--egnn-layers", type=int, default=4, help="EGNN layers (EGNN paper: 4)")
     parser.add_argument("--egnn-lrs", type=float, nargs="+", default=[5e-4, 1e-3, 2e-3, 4e-3])
@@ -253,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--delta-frame", type=int, default=3000, help="MD17 frames ahead (GMN: 3000)")
     parser.add_argument("--skip", type=int, default=10000, help="MD17 frames dropped at each end (GMN)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cost", type=int, default=0, metavar="STEPS",
+                        help="do not train: time STEPS training steps and evaluation batches of each "
+                        "arm; write the study's CPU-time estimate (OUT/cost.md)")  # fmt: skip
     parser.add_argument("--root", default="data", help="data cache (nbody/, md17/raw/*_mmff.npz)")
     parser.add_argument("--out", default="runs/khop", help="run directories, plots and summary.md")
     return parser
@@ -266,23 +367,28 @@ def main(argv: list[str] | None = None) -> str:
     if molecules:
         raw = Path(args.root) / "md17" / "raw"
         generate_mmff([*molecules, "--frames", str(args.frames), "--out", str(raw)])
+    if args.cost:
+        summary = cost_table(args)
+        (out / "cost.md").write_text(summary)
+        print(summary)
+        return summary
     start = time.perf_counter()
     sections = []
     for task in tqdm(args.tasks, desc="tasks"):
         first = args.seeds[0]
-        tuned = {lr: run(task, f"egnn_lr{lr:g}", first, egnn_options(lr, args), args) for lr in args.egnn_lrs}
-        egnn_lr = min(tuned, key=lambda lr: tuned[lr]["best_val_mse"])  # a diverged run's best is inf
-        arms = {**models(task, args), "egnn": egnn_options(egnn_lr, args)}
-        results: dict[str, list[dict]] = {name: [] for name in arms}
-        for seed in tqdm(args.seeds, desc=f"{task} seeds", leave=False):
-            for name, extra in arms.items():
-                if name == "egnn" and seed == args.seeds[0]:
-                    results[name].append(tuned[egnn_lr])
-                    continue
-                name_lr = f"egnn_lr{egnn_lr:g}" if name == "egnn" else name
-                results[name].append(run(task, name_lr, seed, extra, args))
+        results: dict[str, list[dict]] = {}
+        grids: dict[str, dict[float, float]] = {}
+        for name, options in models(task, args).items():
+            # tuned on validation with the first seed; that run is the first seed's run of the arm
+            grid = learning_rates(name, args)
+            tuned = {lr: run(task, f"{name}_lr{lr:g}", first, options(lr), args) for lr in grid}
+            best = min(tuned, key=lambda lr: tuned[lr]["best_val_mse"])  # a diverged run's best is inf
+            grids[name] = {lr: r["best_val_mse"] for lr, r in tuned.items()}
+            results[name] = [tuned[best]]
+            for seed in tqdm(args.seeds[1:], desc=f"{task} {name} seeds", leave=False):
+                results[name].append(run(task, f"{name}_lr{best:g}", seed, options(best), args))
         plot(task, results, out / f"{task}_val.png")
-        sections.append(report(task, results, egnn_lr, args))
+        sections.append(report(task, results, grids, args))
         (out / "summary.md").write_text("\n\n".join(sections) + "\n")
     wall = time.perf_counter() - start
     summary = "\n\n".join(sections) + f"\n\nwall time of this invocation: {wall:.0f} s\n"

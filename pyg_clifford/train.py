@@ -49,7 +49,8 @@ class EGNNVelocity(nn.Module):
     :math:`\phi_v` is a two-layer SiLU MLP per layer, aggregation is the mean, the coordinate differences
     are not normalised, and the initialisation is the reference code's: PyTorch's default for every linear
     layer (egnn-pytorch's Xavier-normal one makes the first steps explode on n-body) with the last layer of
-    :math:`\phi_x` at Xavier gain 0.001. Train it with gradient clipping (``python -m pyg_clifford.train
+    :math:`\phi_x` at Xavier gain 0.001; the last layer has no feature update (nothing reads it, so its
+    parameters would never learn). Train it with gradient clipping (``python -m pyg_clifford.train
     --model egnn`` clips the gradient norm at 1 by default): without it the unbounded coordinate update
     feeds back through :math:`|x_i - x_j|^2` and training diverges at lr 1e-3-2e-3 on 500 n-body systems.
 
@@ -70,9 +71,15 @@ class EGNNVelocity(nn.Module):
         from egnn_pytorch.egnn_pytorch_geometric import EGNN_Sparse
 
         self.embedding = nn.Linear(node_scalars, hidden_channels)
-        self.layers = nn.ModuleList(
-            EGNN_Sparse(hidden_channels, edge_attr_dim=edge_scalars, m_dim=hidden_channels, aggr="mean")
-            for _ in range(num_layers)
+        self.layers = nn.ModuleList(  # the last layer's feature update would be read by nothing: left out
+            EGNN_Sparse(
+                hidden_channels,
+                edge_attr_dim=edge_scalars,
+                m_dim=hidden_channels,
+                aggr="mean",
+                update_feats=layer < num_layers - 1,
+            )
+            for layer in range(num_layers)
         )
         self.velocity = nn.ModuleList(
             nn.Sequential(
@@ -290,7 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--epochs", type=int, default=100)
     common.add_argument("--batch-size", type=int, default=100)
     common.add_argument("--lr", type=float, default=None, help="default: 4e-3 (CGENN) or 5e-4 (EGNN paper)")
-    common.add_argument("--weight-decay", type=float, default=1e-4)
+    common.add_argument(
+        "--weight-decay", type=float, default=None, help="default: 1e-4 (CGENN) or 1e-12 (EGNN's code)"
+    )
     common.add_argument(
         "--clip-grad",
         type=float,
@@ -342,10 +351,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill the model-dependent defaults: lr 4e-3 (CG-EGNN) or 5e-4 (EGNN); gradient clipping off (CG-EGNN)
-    or at norm 1 (EGNN)."""
+    """Fill the model-dependent defaults, each model's reference setting: lr 4e-3 (CG-EGNN, as CGENN) or 5e-4
+    (EGNN); weight decay 1e-4 (CGENN) or 1e-12 (the EGNN paper's n-body code); gradient clipping off
+    (CG-EGNN) or at norm 1 (EGNN)."""
     if args.lr is None:
         args.lr = 4e-3 if args.model == "cgegnn" else 5e-4
+    if args.weight_decay is None:
+        args.weight_decay = 1e-4 if args.model == "cgegnn" else 1e-12
     if args.clip_grad is None:
         args.clip_grad = 0.0 if args.model == "cgegnn" else 1.0
     return args

@@ -1,6 +1,7 @@
 """The k-hop study script: statistics, the parameter-matched width, caching and resume of its runs."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,62 @@ def test_matched_width_is_the_closest_parameter_count() -> None:
     assert gaps[width] == min(gaps.values())
 
 
+def test_each_arm_keeps_the_learning_rate_of_its_best_validation_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # fake runs whose validation MSE is lowest at 1e-2 for hops 1, at 1e-3 for hops 2 and at 2e-3 for EGNN
+    best = {"h1": 1e-2, "h2": 1e-3, "h1-wide": 4e-3, "egnn": 2e-3}
+    calls = []
+
+    def fake_run(task, name, seed, extra, args):
+        arm, lr = name.split("_lr")
+        assert float(extra[extra.index("--lr") + 1]) == float(lr)
+        calls.append((arm, float(lr), seed))
+        return {"best_val_mse": abs(math.log(float(lr) / best[arm])), "seed": seed, "lr": float(lr)}
+
+    captured = {}
+
+    def fake_report(task, results, grids, args):
+        captured.update(results=results, grids=grids)
+        return ""
+
+    monkeypatch.setattr(khop, "run", fake_run)
+    monkeypatch.setattr(khop, "plot", lambda task, results, path: None)
+    monkeypatch.setattr(khop, "report", fake_report)
+    argv = ["--tasks", "nbody", "--hops", "1", "2", "--seeds", "0", "1", "2", "--hidden", "3"]
+    argv += ["--lrs", "1e-3", "4e-3", "1e-2", "--egnn-lrs", "5e-4", "2e-3", "--out", str(tmp_path)]
+    khop.main(argv)
+    for arm, lr in best.items():
+        grid = [1e-3, 4e-3, 1e-2] if arm != "egnn" else [5e-4, 2e-3]
+        assert sorted(g for a, g, seed in calls if a == arm and seed == 0) == grid  # the grid at seed 0 only
+        assert [(g, seed) for a, g, seed in calls if a == arm and seed > 0] == [(lr, 1), (lr, 2)]
+        assert [(r["lr"], r["seed"]) for r in captured["results"][arm]] == [(lr, 0), (lr, 1), (lr, 2)]
+        assert sorted(captured["grids"][arm]) == grid
+
+
+def test_cost_table_extrapolates_timed_steps_to_the_study(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv = ["--tasks", "nbody", "--hops", "1", "2", "--hidden", "3", "--layers", "1", "--egnn-hidden", "4"]
+    argv += ["--egnn-layers", "1", "--batch-size", "4", "--cost", "2", "--root", str(tmp_path / "data")]
+    # a real timing: positive seconds and the parameter count of the model the trainer builds
+    args = khop.build_parser().parse_args([*argv, "--out", str(tmp_path / "real")])
+    params, step, evaluation = khop.time_steps("nbody", khop.models("nbody", args)["h2"](4e-3), args)
+    assert params == sum(p.numel() for p in CGEGNN(1, 1, 3, 1, hops=2).parameters())
+    assert evaluation > 0 and step > 0
+    # the extrapolation, against a direct evaluation with fixed step times
+    monkeypatch.setattr(khop, "time_steps", lambda task, options, args: (10, 2.0, 0.5))
+    sizes = ["--nbody-sizes", "10", "5", "7", "--epochs", "3", "--seeds", "0", "1", "2"]
+    sizes += ["--lrs", "4e-3", "--egnn-lrs", "1e-3", "2e-3", "--out", str(tmp_path)]
+    summary = khop.main([*argv, *sizes])
+    epoch = 3 * 2.0 + (2 + 2) * 0.5  # ceil(10 / 4) steps, ceil(5 / 4) + ceil(7 / 4) evaluation batches
+    assert f"| nbody | h1 | 10 | 2.000 | 0.500 | {epoch:.1f} | 3 | {3 * 3 * epoch / 3600:.1f} |" in summary
+    assert f"| nbody | egnn | 10 | 2.000 | 0.500 | {epoch:.1f} | 4 | {4 * 3 * epoch / 3600:.1f} |" in summary
+    assert summary.count("| nbody |") == 4  # h1, h2, h1-wide, egnn
+    assert (tmp_path / "cost.md").read_text() == summary
+    assert not (tmp_path / "nbody").exists()  # nothing was trained
+
+
 @pytest.mark.slow
 def test_study_runs_caches_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tasks = ["nbody", "ethanol"] if _has_rdkit() else ["nbody"]
@@ -62,7 +119,7 @@ def test_study_runs_caches_and_resumes(tmp_path: Path, monkeypatch: pytest.Monke
     with pytest.raises(ValueError, match="use another --out"):
         khop.main([*argv, "--hidden", "4"])
     # runs from before --clip-grad trained unclipped: still valid for CG-EGNN, refused for the (clipped) EGNN
-    for name, accepted in (("h1_s0", True), ("egnn_lr0.001_s0", False)):
+    for name, accepted in (("h1_lr0.004_s0", True), ("egnn_lr0.001_s0", False)):
         path = tmp_path / "out" / "nbody" / name / "result.json"
         result = json.loads(path.read_text())
         del result["args"]["clip_grad"]

@@ -106,6 +106,33 @@ def test_egnn_baseline_moves_by_the_velocity_in_every_layer(tmp_path: Path) -> N
     )
 
 
+def test_every_egnn_parameter_gets_a_gradient() -> None:
+    """No dead parameters: the last layer computes no feature update (nothing would read it), and every other
+    tensor, the velocity MLPs included, gets a non-zero gradient from the position loss."""
+    from torch_geometric.data import Batch
+
+    from pyg_clifford.nbody import nbody_graph, simulate_charged
+
+    locs, vels, charges = simulate_charged(3, num_frames=2, progress=False)
+    graphs = [nbody_graph(locs[s, 0], vels[s, 0], locs[s, 1], charges[s]) for s in (0, 1, 2)]
+    data = Batch.from_data_list(graphs)
+    torch.manual_seed(0)
+    model = train.EGNNVelocity(hidden_channels=8, num_layers=3)
+    assert model.layers[-1].node_mlp is None and model.layers[0].node_mlp is not None
+    ((model(data) - data.y) ** 2).mean().backward()
+    silent = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert silent == []
+
+
+def test_each_model_gets_its_reference_weight_decay(tmp_path: Path) -> None:
+    def resolved(*extra: str) -> argparse.Namespace:
+        return train.resolve_defaults(train.build_parser().parse_args(tiny_args(tmp_path, "x", 1, *extra)))
+
+    assert resolved().weight_decay == 1e-4  # CGENN
+    assert resolved("--model", "egnn").weight_decay == 1e-12  # the EGNN paper's n-body code
+    assert resolved("--model", "egnn", "--weight-decay", "0.01").weight_decay == 0.01
+
+
 def test_cli_rejects_bad_hops(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--hops >= 1"):
         train.main(tiny_args(tmp_path, "bad", 1, "--hops", "0"))
