@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from nfn_ext import TransformerNFN, random_group_element
 from nfn_ext.transformer_baselines import TransformerFlatMLP, TransformerPermutationNFN, weight_statistics
 from nfn_ext.transformer_nfn import TransformerInvariantPool
-from nfn_ext.transformer_predictor import Inputs, fit, kendall_tau, predict_logits
+from nfn_ext.transformer_predictor import LOSSES, Inputs, fit, kendall_tau, predict_logits, snapshot_logits
 from nfn_ext.transformer_space import TransformerWeightSpace, TransformerWeightSpaceSpec
 from nfn_ext.transformer_zoo import TransformerZoo, build_transformer_zoo, load_transformer_zoo
 
@@ -75,42 +75,68 @@ def _matched(build: Callable[[int], nn.Module], target: int) -> int:
 
 def settings(
     model: str, spec: TransformerWeightSpaceSpec, io: int, args: argparse.Namespace
-) -> dict[str, Callable]:
-    """The settings each model chooses from on the validation split: name -> builder (``io``: the number of
-    embedding and classifier weights every neural model reads, 0 for none)."""
+) -> dict[str, dict[str, Any]]:
+    """The settings each model chooses from on the validation split: name -> options (``io``: the number
+    of embedding and classifier weights every neural model reads, 0 for none). A neural setting is
+    ``{"build", "lr", "loss", "weight_decay"}``, crossed with the training grid (``--lrs``, ``--losses``,
+    ``--weight-decays``); a gradient-boosting setting is ``{"depth", "lr"}``."""
     hh = args.head_hidden
 
     def nfn(channels: tuple[int, ...], head: int, att: bool = False) -> TransformerNFN:
         return TransformerNFN(spec, channels, head, attention_to_mlp=att, io_features=io)
 
-    if model == "transformer_nfn":
+    if model in ("statnn_gbt", "invariant_gbt"):
+        depths = args.gbt_depths if model == "statnn_gbt" else args.invariant_gbt_depths
         return {
+            f"depth{d}" + ("" if lr == 0.05 else f"-lr{lr:g}"): {"depth": d, "lr": lr}
+            for d in depths
+            for lr in args.gbt_lrs
+        }
+    if model == "transformer_nfn":
+        builds = {
             f"c{c}" + ("" if att else "-noatt"): (lambda c=c, att=att: nfn((c,), hh, att))
             for c in args.channels
             for att in args.attention_to_mlp
         }
-    if model == "statnn_gbt":
-        return {f"depth{d}": d for d in args.gbt_depths}
-    if model == "invariant_gbt":
-        return {f"depth{d}": d for d in args.invariant_gbt_depths}
-    target = _count(nfn((max(args.channels),), hh))  # the widest Transformer-NFN without the z terms
-    if model == "nfn_pool_only":
-        return {f"h{hh}": lambda: nfn((), hh)}
-    if model == "nfn_pool_only_wide":
-        w = _matched(lambda w: nfn((), w), target)
-        return {f"h{w}": lambda: nfn((), w)}
-    if model == "mlp":
-        return {f"h{hh}": lambda: TransformerFlatMLP(spec, hh, io_features=io)}
-    if model == "np":
-        return {f"h32-{hh}": lambda: TransformerPermutationNFN(spec, 32, hh, io_features=io)}
-    w = _matched(lambda w: TransformerPermutationNFN(spec, w, w, io_features=io), target)
-    return {f"h{w}-{w}": lambda: TransformerPermutationNFN(spec, w, w, io_features=io)}
+    else:
+        target = _count(nfn((max(args.channels),), hh))  # the widest Transformer-NFN without the z terms
+        if model == "nfn_pool_only":
+            builds = {f"h{hh}": lambda: nfn((), hh)}
+        elif model == "nfn_pool_only_wide":
+            w = _matched(lambda w: nfn((), w), target)
+            builds = {f"h{w}": lambda: nfn((), w)}
+        elif model == "mlp":
+            builds = {f"h{hh}": lambda: TransformerFlatMLP(spec, hh, io_features=io)}
+        elif model == "np":
+            builds = {f"h32-{hh}": lambda: TransformerPermutationNFN(spec, 32, hh, io_features=io)}
+        else:
+            w = _matched(lambda w: TransformerPermutationNFN(spec, w, w, io_features=io), target)
+            builds = {f"h{w}-{w}": lambda: TransformerPermutationNFN(spec, w, w, io_features=io)}
+    return {
+        name
+        + ("" if loss == "bce" else f"-{loss}")
+        + ("" if lr == 1e-3 else f"-lr{lr:g}")
+        + ("" if wd == 0 else f"-wd{wd:g}"): {"build": build, "lr": lr, "loss": loss, "weight_decay": wd}
+        for name, build in builds.items()
+        for loss in args.losses
+        for lr in args.lrs
+        for wd in args.weight_decays
+    }
 
 
 def run_setting(
-    zoo: TransformerZoo, model: str, setting: str, build: Any, seed: int, args: argparse.Namespace
-) -> dict[str, Any]:
-    """Train one setting, early-stopped on the validation split; score validation, test, moved test."""
+    zoo: TransformerZoo,
+    model: str,
+    setting: str,
+    options: dict[str, Any],
+    seed: int,
+    args: argparse.Namespace,
+) -> list[dict[str, Any]]:
+    """Train one setting, early-stopped on the validation split; score validation, test, moved test.
+
+    One result per snapshot option: a neural model's best validation epoch, and for each ``k`` in
+    ``--snapshots`` above 1 the mean logit of its ``k`` best validation epochs (``-ens{k}``); gradient
+    boosting after each number of trees in ``--gbt-stages`` (``-t{n}``)."""
     idx = split(zoo)
     train, val, test = (zoo.subset(idx[k]) for k in ("train", "val", "test"))
 
@@ -125,12 +151,14 @@ def run_setting(
     torch.manual_seed(seed)
     start = time.perf_counter()
     curve: list[float] = []
+    predictors: dict[str, tuple[Callable[[Inputs], Tensor], Any]] = {}  # suffix -> (predict, best epoch)
     if model in ("statnn_gbt", "invariant_gbt"):
         from sklearn.ensemble import GradientBoostingRegressor
 
         gbt = GradientBoostingRegressor(
-            n_estimators=300, max_depth=build, learning_rate=0.05, random_state=seed
-        )
+            n_estimators=max(args.gbt_stages), max_depth=options["depth"], learning_rate=options["lr"],
+            random_state=seed,
+        )  # fmt: skip
         pool = TransformerInvariantPool(zoo.weights.spec, 1)
         stats = weight_statistics if model == "statnn_gbt" else pool
 
@@ -140,35 +168,53 @@ def run_setting(
         gbt.fit(features(inputs(train)).numpy(), train.accuracy.numpy())
         params = sum(t.tree_.node_count for t in gbt.estimators_.ravel())
 
-        def predict(x):
-            return torch.from_numpy(gbt.predict(features(x).numpy()))
+        def staged(trees: int) -> Callable[[Inputs], Tensor]:
+            def predict(x: Inputs) -> Tensor:
+                for n, pred in enumerate(gbt.staged_predict(features(x).numpy()), 1):
+                    if n == trees:
+                        return torch.from_numpy(pred)
+                raise ValueError(f"only {n} trees")
 
+            return predict
+
+        for trees in args.gbt_stages:
+            suffix = "" if len(args.gbt_stages) == 1 else f"-t{trees}"
+            predictors[suffix] = (staged(trees), None)
     else:
-        net = build()
+        net = options["build"]()
+        states: list[dict[str, Tensor]] = []
         curve = fit(
-            net, inputs(train), train.accuracy, args.epochs, 32, args.lr, seed, (inputs(val), val.accuracy),
-            progress=False,
+            net, inputs(train), train.accuracy, args.epochs, 32, options["lr"], seed,
+            (inputs(val), val.accuracy), progress=False, loss=options["loss"],
+            weight_decay=options["weight_decay"], snapshots=states,
         )  # fmt: skip
         params = _count(net)
-
-        def predict(ws):
-            return predict_logits(net, ws)
+        predictors[""] = (lambda x: predict_logits(net, x), curve.index(max(curve)) + 1)
+        for k in (k for k in args.snapshots if k > 1):
+            top = sorted(range(len(curve)), key=lambda e: -curve[e])[:k]
+            chosen = [states[e] for e in top]
+            epochs = "+".join(str(e + 1) for e in sorted(top))
+            predictors[f"-ens{k}"] = (lambda x, chosen=chosen: snapshot_logits(net, chosen, x), epochs)
 
     seconds = time.perf_counter() - start
-    return {
-        "model": model,
-        "setting": setting,
-        "seed": seed,
-        "params": params,
-        "seconds": seconds,
-        "n_train": len(train),
-        "n_test": len(test),
-        "val_curve": curve,
-        "val_tau": max(curve) if curve else kendall_tau(predict(inputs(val)), val.accuracy),
-        "best_epoch": curve.index(max(curve)) + 1 if curve else None,
-        "tau": kendall_tau(predict(inputs(test)), test.accuracy),
-        "tau_moved": {k: kendall_tau(predict(x), test.accuracy) for k, x in moved.items()},
-    }
+    return [
+        {
+            "model": model,
+            "setting": setting + suffix,
+            "fit": setting,
+            "seed": seed,
+            "params": params,
+            "seconds": seconds,
+            "n_train": len(train),
+            "n_test": len(test),
+            "val_curve": curve,
+            "val_tau": kendall_tau(predict(inputs(val)), val.accuracy),
+            "best_epoch": best_epoch,
+            "tau": kendall_tau(predict(inputs(test)), test.accuracy),
+            "tau_moved": {k: kendall_tau(predict(x), test.accuracy) for k, x in moved.items()},
+        }
+        for suffix, (predict, best_epoch) in predictors.items()
+    ]
 
 
 def run(zoo: TransformerZoo, model: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -176,20 +222,22 @@ def run(zoo: TransformerZoo, model: str, seed: int, args: argparse.Namespace) ->
     ``seconds`` = the time of the whole selection and ``grid`` = every setting's validation tau."""
     tried = []
     io = zoo.io.shape[1] if args.io else 0
-    for setting, build in settings(model, zoo.weights.spec, io, args).items():
-        lr = "" if args.lr == 1e-3 else f"_lr{args.lr:g}"
-        tag = f"v4_n{args.n}_io{int(args.io)}_{model}_{setting}_e{args.epochs}{lr}_s{seed}"
+    for setting, options in settings(model, zoo.weights.spec, io, args).items():
+        extra = args.gbt_stages if model.endswith("gbt") else args.snapshots
+        extra_tag = "-".join(map(str, extra))
+        tag = f"v5_n{args.n}_io{int(args.io)}_{model}_{setting}_e{args.epochs}_x{extra_tag}_s{seed}"
         cache = Path(args.root) / "tau" / f"{tag}.json"
         if cache.exists():
-            result = json.loads(cache.read_text())
+            results = json.loads(cache.read_text())
         else:
-            result = run_setting(zoo, model, setting, build, seed, args)
+            results = run_setting(zoo, model, setting, options, seed, args)
             cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps(result, indent=1))
-        tried.append(result)
+            cache.write_text(json.dumps(results, indent=1))
+        tried.extend(results)
     best = dict(max(tried, key=lambda r: r["val_tau"]))
-    best["seconds"] = sum(r["seconds"] for r in tried)
+    best["seconds"] = sum({r["fit"]: r["seconds"] for r in tried}.values())  # one fit, several results
     best["grid"] = {r["setting"]: round(r["val_tau"], 3) for r in tried}
+    best["tried"] = tried
     return best
 
 
@@ -240,7 +288,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--d-model", type=int, default=16)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--epochs", type=int, default=20, help="maximum epochs (early-stopped)")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3], help="neural models (on validation)")
+    parser.add_argument(
+        "--losses", nargs="+", choices=LOSSES, default=["bce"], help="neural models (chosen on validation)"
+    )
+    parser.add_argument("--weight-decays", type=float, nargs="+", default=[0.0], help="neural models")
+    parser.add_argument(
+        "--snapshots",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="neural models: k > 1 adds the snapshot ensemble of the k best validation epochs of each run",
+    )
     parser.add_argument(
         "--channels", type=int, nargs="+", default=[4, 8], help="Transformer-NFN widths chosen on validation"
     )
@@ -252,6 +311,14 @@ def main(argv: list[str] | None = None) -> None:
         help="on/off: Transformer-NFN with/without the attention -> MLP terms (chosen on validation)",
     )
     parser.add_argument("--gbt-depths", type=int, nargs="+", default=[2, 4, 6], help="chosen on validation")
+    parser.add_argument("--gbt-lrs", type=float, nargs="+", default=[0.05], help="chosen on validation")
+    parser.add_argument(
+        "--gbt-stages",
+        type=int,
+        nargs="+",
+        default=[300],
+        help="numbers of trees scored (chosen on validation; the largest is fitted)",
+    )
     parser.add_argument(
         "--invariant-gbt-depths", type=int, nargs="+", default=[4], help="chosen on validation"
     )

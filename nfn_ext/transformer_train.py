@@ -1,13 +1,14 @@
 """Fit an :class:`~nfn_ext.AccuracyPredictor` on a transformer zoo and save it.
 
-``python -m nfn_ext.transformer_train --zoo zoo/vit --out predictor.pt`` trains Transformer-NFN with binary
-cross-entropy on the test accuracy of every checkpoint of a zoo from
-``python -m nfn_ext.zoo build --arch transformer``; then
+``python -m nfn_ext.transformer_train --zoo zoo/vit --out predictor.pt`` trains Transformer-NFN (binary
+cross-entropy and/or a pairwise ranking loss, ``--loss``) on the test accuracy of every checkpoint of a zoo
+from ``python -m nfn_ext.zoo build --arch transformer``; then
 
     predictor = AccuracyPredictor.load("predictor.pt")
     predictor.predict([hf_vit, timm_vit, torch_encoder])   # tensor of predicted accuracies
 
-scores any models that ``TransformerWeightSpace.from_module`` reads and whose blocks have the zoo's shape.
+scores any models that ``TransformerWeightSpace.from_module`` reads and whose blocks have the zoo's shape
+(with ``--io``, the zoo's ``SmallViT`` only: it also reads their embedding and classifier weights).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 
 import torch
 
-from .transformer_predictor import AccuracyPredictor
+from .transformer_predictor import LOSSES, AccuracyPredictor
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,6 +34,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--loss", choices=LOSSES, default="bce", help="bce, pairwise ranking, or their sum")
+    parser.add_argument(
+        "--io", action="store_true", help="also read the embedding and classifier (SmallViT models only)"
+    )
     parser.add_argument("--channels", type=int, nargs="+", default=[8])
     parser.add_argument("--head-hidden", type=int, default=64)
     parser.add_argument(
@@ -47,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     predictor = AccuracyPredictor.fit(
         args.zoo, args.epochs, args.batch_size, args.lr, args.seed, args.val_fraction,
-        hidden_channels=args.channels, head_hidden=args.head_hidden, attention_to_mlp=args.attention_to_mlp,
+        io=args.io, loss=args.loss, weight_decay=args.weight_decay, hidden_channels=args.channels,
+        head_hidden=args.head_hidden, attention_to_mlp=args.attention_to_mlp,
     )  # fmt: skip
     predictor.save(args.out)
     print(f"saved {args.out} ({time.perf_counter() - start:.0f} s)")
