@@ -167,33 +167,35 @@ def kirwls_key_value_weights(
     av, bv = _augmented_features(v, bandwidth)
     keys = k.to(av.dtype).reshape(rows, n, k.shape[-1])
     valid2 = valid.reshape(1, rows, n).expand(2, rows, n)
+    offset = keys.new_full((1, 1, 1), -scale)
     if iterations != 1:
-        grams = _gram_block(keys, av, bv, scale, 0, rows, av.new_empty(2, rows, n, n))
+        grams = _gram_block(keys, av, bv, scale, offset, av.new_empty(2, rows, n, n))
         weights = kirwls_weights(grams, iterations, loss, threshold, valid2)
     else:
         uniform = _normalise(valid2.to(av.dtype), valid2)
         chunk = rows
         if k.device.type == "cpu":
             chunk = max(1, chunk_bytes // (2 * n * n * av.element_size()))
-        block = av.new_empty(2, min(chunk, rows), n, n)
+        block = av.new_empty(2 * min(chunk, rows) * n * n)
         parts: list[Tensor] = []
-        for start in range(0, rows, chunk):
-            stop = min(start + chunk, rows)
-            grams = _gram_block(keys, av, bv, scale, start, stop, block[:, : stop - start])
-            parts.append((uniform[:, start:stop].unsqueeze(-2) @ grams).squeeze(-2))
+        keys_c, av_c, bv_c, w_c = keys.split(chunk), av.split(chunk), bv.split(chunk), uniform.split(chunk, 1)
+        for i in range(len(keys_c)):
+            size = keys_c[i].shape[0]
+            out = block[: 2 * size * n * n].view(2, size, n, n)  # a contiguous prefix also for the last chunk
+            grams = _gram_block(keys_c[i], av_c[i], bv_c[i], scale, offset, out).view(2 * size, n, n)
+            parts.append(torch.bmm(w_c[i].reshape(2 * size, 1, n), grams).view(2, size, n))
         weights = _kirwls_step(torch.cat(parts, 1), uniform, uniform, valid2, loss, threshold,
                                uniform, uniform, uniform, True)[0]
     return weights[0].reshape(batch, heads, n), weights[1].reshape(batch, heads, n)
 
 
-def _gram_block(
-        keys: Tensor, av: Tensor, bv: Tensor, scale: float, start: int, stop: int, out: Tensor) -> Tensor:
-    r"""Joint and key Grams of batch-head rows ``start:stop`` written into ``out`` (``[2, stop - start, N,
-    N]``, joint first), no autograd: :math:`\log G^k = s (k k^\top - 1)` for unit-norm keys, ``s = 2 /
-    sigma``, and :math:`\log G^{kv} = \log G^k + a_v b_v^\top` (:func:`_augmented_features`)."""
-    torch.baddbmm(keys.new_full((1, 1, 1), -scale), keys[start:stop], keys[start:stop].transpose(-2, -1),
-                  alpha=scale, out=out[1])
-    torch.baddbmm(out[1], av[start:stop], bv[start:stop].transpose(-2, -1), out=out[0])
+def _gram_block(keys: Tensor, av: Tensor, bv: Tensor, scale: float, offset: Tensor, out: Tensor) -> Tensor:
+    r"""Joint and key Grams of a chunk of batch-head rows written into ``out`` (``[2, rows, N, N]``, joint
+    first), no autograd: :math:`\log G^k = s (k k^\top - 1)` for unit-norm keys, ``s = 2 / sigma``
+    (``offset`` holds ``-s``), and :math:`\log G^{kv} = \log G^k + a_v b_v^\top`
+    (:func:`_augmented_features`)."""
+    torch.baddbmm(offset, keys, keys.transpose(-2, -1), alpha=scale, out=out[1])
+    torch.baddbmm(out[1], av, bv.transpose(-2, -1), out=out[0])
     out.diagonal(dim1=-2, dim2=-1).zero_()
     return out.exp_()
 
