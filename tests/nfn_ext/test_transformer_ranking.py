@@ -17,14 +17,7 @@ from nfn_ext.transformer_predictor import (
     snapshot_logits,
     training_loss,
 )
-from nfn_ext.transformer_zoo import SmallViT, build_transformer_zoo, io_weights, load_transformer_zoo
-
-
-@pytest.fixture(scope="module")
-def tiny_zoo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("zoo") / "vit"
-    build_transformer_zoo(out, n=3, progress=False)
-    return out
+from nfn_ext.transformer_zoo import SmallViT, io_weights, load_transformer_zoo
 
 
 def test_pairwise_logistic_loss_matches_a_direct_evaluation():

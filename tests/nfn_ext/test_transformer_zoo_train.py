@@ -17,13 +17,6 @@ from nfn_ext.zoo import main as zoo_main
 from tests.nfn_ext.transformer_models import make
 
 
-@pytest.fixture(scope="module")
-def tiny_zoo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("zoo") / "vit"
-    build_transformer_zoo(out, n=3, progress=False)
-    return out
-
-
 def test_small_vit_has_the_zoo_design():
     net = SmallViT()
     assert net(torch.rand(5, 1, 8, 8)).shape == (5, 10)

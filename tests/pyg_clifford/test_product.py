@@ -37,6 +37,15 @@ def perturbed(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return module
 
 
+def assert_same_values_and_gradients(out, reference, inputs, grad):
+    """``out`` equals ``reference``, and so do their vector-Jacobian products with ``grad`` for ``inputs``."""
+    torch.testing.assert_close(out, reference)
+    got = torch.autograd.grad(out, inputs, grad, retain_graph=True)
+    expected = torch.autograd.grad(reference, inputs, grad, retain_graph=True)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("metric", METRICS)
 def test_weighted_product_passes_gradcheck(metric: tuple[float, ...]) -> None:
     algebra = CliffordAlgebra(metric)
@@ -109,14 +118,7 @@ def test_compiled_gather_formulation_equals_the_product_function() -> None:
         x, y, layer.weight, layer.product_tables(), layer.product_index(), scale
     )
     gathered = layer.gather_product(x, y, scale)
-    torch.testing.assert_close(gathered, eager)
-    grad = torch.randn_like(eager)
-    for got, expected in zip(
-        torch.autograd.grad(gathered, (x, y, layer.weight), grad),
-        torch.autograd.grad(eager, (x, y, layer.weight), grad),
-        strict=True,
-    ):
-        torch.testing.assert_close(got, expected)
+    assert_same_values_and_gradients(gathered, eager, (x, y, layer.weight), torch.randn_like(eager))
 
 
 def test_product_tables_follow_parameter_updates() -> None:
@@ -225,13 +227,7 @@ def test_tiled_product_equals_the_untiled_formula(monkeypatch: pytest.MonkeyPatc
     tables = product_tables(layer.weight.detach(), index, 8, 0.7)
     tiled = WeightedGeometricProduct.apply(x, y, layer.weight, tables, index, 0.7)
     untiled = product._signed_product(x, y, product_tables(layer.weight, index, 8, 0.7).forward, index.right)
-    torch.testing.assert_close(tiled, untiled)
-    for got, expected in zip(
-        torch.autograd.grad(tiled, (x, y, layer.weight), grad),
-        torch.autograd.grad(untiled, (x, y, layer.weight), grad),
-        strict=True,
-    ):
-        torch.testing.assert_close(got, expected)
+    assert_same_values_and_gradients(tiled, untiled, (x, y, layer.weight), grad)
 
 
 def test_fused_layers_accept_non_contiguous_blade_major_inputs() -> None:
