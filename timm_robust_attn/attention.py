@@ -29,10 +29,10 @@ from .functional import (
 
 __all__ = ["KDEAttention", "RKDEAttention", "SPKDEAttention", "MoMAttention"]
 
-# Data-dependent steps (iterative solvers, shape checks, median choices, branches on the mask) are leaves for
-# torch.fx, as timm does for its own mask helpers: torch.fx.wrap for plain symbolic tracing, timm's registry
-# for timm's and torchvision's feature extractors.
-for _name in ("key_value_grams", "kirwls_key_value_weights", "spkde_weights"):
+# Data-dependent steps (iterative solvers, shape checks, median choices, branches on the mask) and the
+# custom-autograd key normalisation are leaves for torch.fx, as timm does for its own mask helpers:
+# torch.fx.wrap for plain symbolic tracing, timm's registry for timm's and torchvision's feature extractors.
+for _name in ("key_value_grams", "kirwls_key_value_weights", "spkde_weights", "unit_norm"):
     torch.fx.wrap(_name)
     register_notrace_function(globals()[_name])
 del _name

@@ -17,6 +17,8 @@ from torch import Tensor, nn
 from .attention import KDEAttention
 from .functional import unit_norm
 
+torch.fx.wrap("unit_norm")  # a leaf for torch.fx, as in attention.py
+
 __all__ = ["RobustParallelScalingBlock", "attention_estimator"]
 
 _OWNED_BY_BLOCK = ("qkv", "q_norm", "k_norm", "norm", "proj")
