@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .transformer_group import AttentionGroupElement, random_attention_group_element
+from .transformer_group import AttentionGroupElement, random_attention_group_element, scale_bounds
 from .transformer_space import TransformerWeightSpace
 from .weight_space import WeightSpace
 
@@ -112,13 +112,7 @@ def random_group_element(
         raise ValueError(f"expected group 'scale' or 'sign', got {group!r}")
     if group == "sign" and scale_range is not None:
         raise ValueError("the sign-flip group (tanh networks) has no scalings; leave scale_range=None")
-    if scale_range is None:
-        scale_range = (0.1, 10.0)
-    if isinstance(scale_range, int | float):
-        scale_range = (1.0 / scale_range, float(scale_range))
-    lo, hi = scale_range
-    if not 0 < lo <= hi:
-        raise ValueError(f"expected 0 < lo <= hi for scale_range, got {scale_range}")
+    lo, hi = scale_bounds(scale_range, (0.1, 10.0))
     B, device = ws.batch_size, ws.weights[0].device
     perms, scales = [], []
     for n in ws.spec.dims[1:-1]:

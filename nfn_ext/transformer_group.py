@@ -107,6 +107,20 @@ class AttentionGroupElement:
         return (*self.head_perm.shape[1:], self.qk.shape[-1], self.vo.shape[-1], self.mlp_perm.shape[-1])
 
 
+def scale_bounds(
+        scale_range: float | Sequence[float] | None, default: tuple[float, float]) -> tuple[float, float]:
+    """``(lo, hi)`` of a group element's scale range: ``default`` for ``None``, ``(1/s, s)`` for a number
+    ``s``; refuses anything but ``0 < lo <= hi``."""
+    if scale_range is None:
+        scale_range = default
+    if isinstance(scale_range, int | float):
+        scale_range = (1.0 / scale_range, float(scale_range))
+    lo, hi = scale_range
+    if not 0 < lo <= hi:
+        raise ValueError(f"expected 0 < lo <= hi for scale_range, got {scale_range}")
+    return float(lo), float(hi)
+
+
 def random_gl(
     shape: Sequence[int], dim: int, lo: float, hi: float, generator: torch.Generator | None = None
 ) -> Tensor:
@@ -137,13 +151,7 @@ def random_attention_group_element(
         permute: sample head and hidden-neuron permutations (else the identity).
         generator: optional random generator (CPU).
     """
-    if scale_range is None:
-        scale_range = (0.5, 2.0)
-    if isinstance(scale_range, int | float):
-        scale_range = (1.0 / scale_range, float(scale_range))
-    lo, hi = scale_range
-    if not 0 < lo <= hi:
-        raise ValueError(f"expected 0 < lo <= hi for scale_range, got {scale_range}")
+    lo, hi = scale_bounds(scale_range, (0.5, 2.0))
     spec, B = ws.spec, ws.batch_size
     L, H = spec.num_blocks, spec.num_heads
 

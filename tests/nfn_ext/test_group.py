@@ -92,3 +92,14 @@ def test_single_element_broadcasts_over_a_batch() -> None:
     g = random_group_element(ws[:1], scale_range=10.0)
     expected = WeightSpace.stack([g.act(ws[i]) for i in range(ws.batch_size)])
     assert max_diff(g.act(ws), expected) == 0.0
+
+
+def test_scale_bounds_shared_by_both_groups():
+    from nfn_ext.transformer_group import scale_bounds
+
+    assert scale_bounds(None, (0.5, 2.0)) == (0.5, 2.0)
+    assert scale_bounds(4, (0.5, 2.0)) == (0.25, 4.0)
+    assert scale_bounds((0.3, 0.7), (0.5, 2.0)) == (0.3, 0.7)
+    for bad in ((2.0, 1.0), (0.0, 1.0), -2.0):
+        with pytest.raises(ValueError, match="0 < lo <= hi"):
+            scale_bounds(bad, (0.5, 2.0))
