@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .transformer_space import TransformerWeightSpace
-from .zoo import build_members, classification_accuracy, digits_split
+from .zoo import build_members, classification_accuracy, member_setup
 
 GRID: dict[str, list[Any]] = {
     "optimizer": ["sgd", "adam", "rmsprop"],
@@ -110,18 +109,10 @@ def _architecture(config: dict[str, Any]) -> dict[str, int]:
     return {k: config[k] for k in ("d_model", "num_heads", "d_mlp", "num_blocks")}
 
 
-def sample_hparams(seed: int, index: int) -> dict[str, Any]:
-    rng = random.Random(seed * 1_000_003 + index)
-    return {key: rng.choice(values) for key, values in GRID.items()}
-
-
 def train_member(config: dict[str, Any], index: int) -> dict[str, Any]:
     """Train member ``index``; returns its hyperparameters and one record per checkpoint epoch."""
-    hp = sample_hparams(config["seed"], index)
-    torch.manual_seed(config["seed"] * 1_000_003 + index)
-    x_train, y_train, x_test, y_test = digits_split(config["seed"])
-    n = max(32, int(hp["train_fraction"] * len(y_train)))
-    x_train, y_train = x_train[:n], y_train[:n]
+    hp, x_train, y_train, x_test, y_test = member_setup(config, index, GRID)
+    n = len(y_train)
     net = SmallViT(**_architecture(config), dropout=hp["dropout"])
     for name, p in net.named_parameters():
         if "bias" in name:

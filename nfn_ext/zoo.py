@@ -90,9 +90,20 @@ def digits_split(seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return x[train], y[train], x[test], y[test]
 
 
-def sample_hparams(seed: int, index: int) -> dict[str, Any]:
-    rng = random.Random(seed * 1_000_003 + index)
-    return {key: rng.choice(values) for key, values in GRID.items()}
+def member_setup(
+        config: dict[str, Any], index: int, grid: dict[str, list[Any]],
+) -> tuple[dict[str, Any], Tensor, Tensor, Tensor, Tensor]:
+    """Start of training member ``index`` of a zoo: its hyperparameters drawn from ``grid`` and torch's global
+    seed, both fixed by the zoo seed and ``index`` (so a resumed build trains the same member), and the digits
+    split with the training set cut to ``train_fraction`` (at least 32 images):
+    ``(hparams, x_train, y_train, x_test, y_test)``."""
+    member_seed = config["seed"] * 1_000_003 + index
+    rng = random.Random(member_seed)
+    hp = {key: rng.choice(values) for key, values in grid.items()}
+    torch.manual_seed(member_seed)
+    x_train, y_train, x_test, y_test = digits_split(config["seed"])
+    n = max(32, int(hp["train_fraction"] * len(y_train)))
+    return hp, x_train[:n], y_train[:n], x_test, y_test
 
 
 def classification_accuracy(net: nn.Module, x: Tensor, y: Tensor) -> float:
@@ -103,11 +114,8 @@ def classification_accuracy(net: nn.Module, x: Tensor, y: Tensor) -> float:
 
 def train_member(config: dict[str, Any], index: int) -> dict[str, Any]:
     """Train member ``index`` of a zoo described by ``config``; returns its record."""
-    hp = sample_hparams(config["seed"], index)
-    torch.manual_seed(config["seed"] * 1_000_003 + index)
-    x_train, y_train, x_test, y_test = digits_split(config["seed"])
-    n = max(32, int(hp["train_fraction"] * len(y_train)))
-    x_train, y_train = x_train[:n], y_train[:n]
+    hp, x_train, y_train, x_test, y_test = member_setup(config, index, GRID)
+    n = len(y_train)
     net = make_network(config["arch"], config["activation"], config["hidden"], hp["dropout"])
     for m in net.modules():
         if isinstance(m, nn.Linear | nn.Conv2d):
