@@ -174,8 +174,10 @@ def kirwls_key_value_weights(
     r"""KIRWLS weights of the joint ``[k; v]`` Gram and of the key Gram, ``(w^kv, w^k)``, each ``[B, H, N]``:
     :func:`kirwls_weights` on the two Grams of :func:`key_value_grams`, solved as one batch.
 
-    Keys must have unit norm (as RKDE's are): without gradients the key Gram is then one matmul of the keys
-    themselves, :math:`\log G^k = \tfrac{2}{\sigma}(k k^\top - 1)`, and both Grams go into one buffer.
+    Without gradients the key Gram is one matmul of the keys themselves onto their squared norms,
+    :math:`\log G^k_{jl} = \tfrac{2}{\sigma}(k_j^\top k_l - \tfrac12\lVert k_j\rVert^2
+    - \tfrac12\lVert k_l\rVert^2)` (keys are not centred: RKDE's have unit norm), and both Grams go into
+    one buffer.
     With one iteration only :math:`G w` for the uniform ``w`` is needed: on the CPU it is computed in chunks
     of batch-head rows of ``chunk_bytes`` (``GRAM_CHUNK_BYTES``), each Gram block exponentiated and
     multiplied while still in cache, and the Grams are never stored whole. Shapes: ``k, v``
@@ -191,9 +193,9 @@ def kirwls_key_value_weights(
     av, bv = _augmented_features(v, bandwidth)
     keys = k.to(av.dtype).reshape(rows, n, k.shape[-1])
     valid2 = valid.reshape(1, rows, n).expand(2, rows, n)
-    offset = keys.new_full((1, 1, 1), -scale)
+    half_sq = torch.linalg.vector_norm(keys, dim=-1).pow(2).mul(-scale / 2)  # [B * H, N]
     if iterations != 1:
-        grams = _gram_block(keys, av, bv, scale, offset, av.new_empty(2, rows, n, n))
+        grams = _gram_block(keys, half_sq, av, bv, scale, av.new_empty(2, rows, n, n))
         weights = kirwls_weights(grams, iterations, loss, threshold, valid2)
     else:
         uniform = _normalise(valid2.to(av.dtype), valid2)
@@ -202,23 +204,26 @@ def kirwls_key_value_weights(
             chunk = max(1, chunk_bytes // (2 * n * n * av.element_size()))
         block = av.new_empty(2 * min(chunk, rows) * n * n)
         parts: list[Tensor] = []
-        keys_c, av_c, bv_c, w_c = keys.split(chunk), av.split(chunk), bv.split(chunk), uniform.split(chunk, 1)
+        keys_c, sq_c, av_c, bv_c = keys.split(chunk), half_sq.split(chunk), av.split(chunk), bv.split(chunk)
+        w_c = uniform.split(chunk, 1)
         for i in range(len(keys_c)):
             size = keys_c[i].shape[0]
             out = block[: 2 * size * n * n].view(2, size, n, n)  # a contiguous prefix also for the last chunk
-            grams = _gram_block(keys_c[i], av_c[i], bv_c[i], scale, offset, out).view(2 * size, n, n)
+            grams = _gram_block(keys_c[i], sq_c[i], av_c[i], bv_c[i], scale, out).view(2 * size, n, n)
             parts.append(torch.bmm(w_c[i].reshape(2 * size, 1, n), grams).view(2, size, n))
         weights = _kirwls_step(torch.cat(parts, 1), uniform, uniform, valid2, loss, threshold,
                                uniform, uniform, uniform, True)[0]
     return weights[0].reshape(batch, heads, n), weights[1].reshape(batch, heads, n)
 
 
-def _gram_block(keys: Tensor, av: Tensor, bv: Tensor, scale: float, offset: Tensor, out: Tensor) -> Tensor:
+def _gram_block(
+        keys: Tensor, half_sq: Tensor, av: Tensor, bv: Tensor, scale: float, out: Tensor) -> Tensor:
     r"""Joint and key Grams of a chunk of batch-head rows written into ``out`` (``[2, rows, N, N]``, joint
-    first), no autograd: :math:`\log G^k = s (k k^\top - 1)` for unit-norm keys, ``s = 2 / sigma``
-    (``offset`` holds ``-s``), and :math:`\log G^{kv} = \log G^k + a_v b_v^\top`
-    (:func:`_augmented_features`)."""
-    torch.baddbmm(offset, keys, keys.transpose(-2, -1), alpha=scale, out=out[1])
+    first), no autograd: :math:`\log G^k_{jl} = s\, k_j^\top k_l + h_j + h_l` with ``s = 2 / sigma`` and
+    ``half_sq`` :math:`h = -\tfrac{s}{2}\lVert k\rVert^2` (``[rows, N]``), and
+    :math:`\log G^{kv} = \log G^k + a_v b_v^\top` (:func:`_augmented_features`)."""
+    torch.add(half_sq.unsqueeze(-1), half_sq.unsqueeze(-2), out=out[1])
+    out[1].baddbmm_(keys, keys.transpose(-2, -1), alpha=scale)
     torch.baddbmm(out[1], av, bv.transpose(-2, -1), out=out[0])
     out.diagonal(dim1=-2, dim2=-1).zero_()
     return out.exp_()

@@ -144,6 +144,17 @@ def test_kirwls_key_value_weights_match_direct_grams(loss, threshold, iterations
     assert torch.all(w_num[~valid] == 0) and torch.all(w_den[~valid] == 0)
 
 
+@pytest.mark.parametrize("iterations", [1, 2])
+def test_kirwls_key_value_weights_for_keys_that_are_not_unit_norm(iterations):
+    """The constant-weight path takes the keys' norms into account, as the differentiable one does."""
+    _, k, v = qkv()
+    k = 2.5 * k + 0.3
+    valid = torch.ones(2, 3, 9, dtype=torch.bool)
+    for got, expected in zip(kirwls_key_value_weights(k, v, 3.0, iterations, "huber", None, valid),
+                             direct_kirwls_pair(k, v, 3.0, iterations, "huber", None, valid), strict=True):
+        torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("iterations", [1, 3])
 def test_kirwls_key_value_weights_with_gradients_equal_constant_path(iterations):
     _, k, v = qkv()
