@@ -141,6 +141,9 @@ def _augmented_features(x: Tensor, bandwidth: float) -> tuple[Tensor, Tensor]:
     with :math:`a_j^\\top b_l = -\\lVert x_j - x_l \\rVert^2 / \\sigma`. Without autograd they are written
     in place (two allocations instead of four)."""
     n, d = x.shape[-2], x.shape[-1]
+    rows = 1
+    for size in x.shape[:-2]:
+        rows *= size
     x = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
     scale = math.sqrt(2 / bandwidth)
     if not x.requires_grad:
@@ -153,12 +156,12 @@ def _augmented_features(x: Tensor, bandwidth: float) -> tuple[Tensor, Tensor]:
         a[..., d + 1] = 1.0
         b[..., d] = 1.0
         b[..., d + 1] = half_sq
-        return a.reshape(-1, n, d + 2), b.reshape(-1, n, d + 2)
+        return a.reshape(rows, n, d + 2), b.reshape(rows, n, d + 2)
     x = (x - x.mean(-2, keepdim=True)).mul_(scale)  # any layout: cat makes it contiguous
     half_sq = torch.linalg.vector_norm(x, dim=-1, keepdim=True).pow(2).mul(-0.5)
     ones = torch.ones_like(half_sq)
-    return (torch.cat([x, half_sq, ones], -1).reshape(-1, n, d + 2),
-            torch.cat([x, ones, half_sq], -1).reshape(-1, n, d + 2))
+    return (torch.cat([x, half_sq, ones], -1).reshape(rows, n, d + 2),
+            torch.cat([x, ones, half_sq], -1).reshape(rows, n, d + 2))
 
 
 def kirwls_key_value_weights(
@@ -185,6 +188,9 @@ def kirwls_key_value_weights(
     """
     batch, heads, n = k.shape[0], k.shape[1], k.shape[2]
     rows = batch * heads
+    if n == 0:  # no tokens: empty weights
+        dtype = torch.float64 if k.dtype == torch.float64 else torch.float32
+        return k.new_zeros(batch, heads, 0, dtype=dtype), k.new_zeros(batch, heads, 0, dtype=dtype)
     if k.requires_grad or v.requires_grad:
         gram_k, gram_kv = key_value_grams(k, v, bandwidth)
         return (kirwls_weights(gram_kv, iterations, loss, threshold, valid),
@@ -201,7 +207,7 @@ def kirwls_key_value_weights(
         uniform = _normalise(valid2.to(av.dtype), valid2)
         chunk = rows
         if k.device.type == "cpu":
-            chunk = max(1, chunk_bytes // (2 * n * n * av.element_size()))
+            chunk = max(1, chunk_bytes // max(1, 2 * n * n * av.element_size()))
         block = av.new_empty(2 * min(chunk, rows) * n * n)
         parts: list[Tensor] = []
         keys_c, sq_c, av_c, bv_c = keys.split(chunk), half_sq.split(chunk), av.split(chunk), bv.split(chunk)
@@ -306,10 +312,10 @@ def kirwls_weights(
     """
     if valid is None:
         valid = torch.ones(gram.shape[:-1], dtype=torch.bool, device=gram.device)
-    uniform = _normalise(torch.ones_like(gram[..., 0]), valid)
+    uniform = _normalise(gram.new_ones(gram.shape[:-1]), valid)
     w = uniform
     a = b = c = w  # thresholds, set from the first residuals
-    for step in range(iterations):
+    for step in range(iterations if gram.shape[-1] > 0 else 0):  # no keys: nothing to re-weight
         gram_w = (w.unsqueeze(-2) @ gram).squeeze(-2)  # = G w, G symmetric (row form is the faster bmm)
         w, a, b, c = _kirwls_step(gram_w, w, uniform, valid, loss, threshold, a, b, c, step == 0)
     return w
@@ -451,7 +457,9 @@ def spkde_weights(
     if valid is None:
         valid = torch.ones(gram.shape[:-1], dtype=torch.bool, device=gram.device)
     gram = gram * (valid.unsqueeze(-1) & valid.unsqueeze(-2))
-    uniform = _normalise(torch.ones_like(gram[..., 0]), valid)
+    uniform = _normalise(gram.new_ones(gram.shape[:-1]), valid)
+    if gram.shape[-1] == 0:  # no keys: empty weights
+        return uniform
     target = uniform / (1 - contamination)
     if rounds > 0:
         exact, ok = _spkde_active_set(gram, valid, target, valid, rounds)

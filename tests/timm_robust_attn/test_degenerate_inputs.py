@@ -7,6 +7,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from timm.layers import Attention
 from timm.models.naflexvit import create_attention_mask
 
 from timm_robust_attn import KDEAttention, MoMAttention, RKDEAttention, SPKDEAttention, attention_class
@@ -173,3 +174,12 @@ def test_naflexvit_padding_does_not_leak_into_valid_tokens(name):
     assert outputs[0].abs().max() > 0.1
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(shifted[:, :keep], clean[:, :keep], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("attn_cls", [KDEAttention, RKDEAttention, SPKDEAttention])
+@pytest.mark.parametrize("iterations", [1, 2])
+def test_zero_tokens_give_an_empty_output_as_timm_attention_does(attn_cls, iterations):
+    kwargs = {"iterations": iterations} if attn_cls is RKDEAttention else {}
+    x = torch.randn(2, 0, 16)
+    assert Attention(16, num_heads=2)(x).shape == (2, 0, 16)
+    assert attn_cls(16, num_heads=2, **kwargs)(x).shape == (2, 0, 16)
