@@ -140,10 +140,7 @@ def _augmented_features(x: Tensor, bandwidth: float) -> tuple[Tensor, Tensor]:
     """Row-centred features ``a, b`` of shape ``[B * H, N, D + 2]`` (float32, float64 for float64 input)
     with :math:`a_j^\\top b_l = -\\lVert x_j - x_l \\rVert^2 / \\sigma`. Without autograd they are written
     in place (two allocations instead of four)."""
-    n, d = x.shape[-2], x.shape[-1]
-    rows = 1
-    for size in x.shape[:-2]:
-        rows *= size
+    d = x.shape[-1]
     x = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
     scale = math.sqrt(2 / bandwidth)
     if not x.requires_grad:
@@ -156,12 +153,11 @@ def _augmented_features(x: Tensor, bandwidth: float) -> tuple[Tensor, Tensor]:
         a[..., d + 1] = 1.0
         b[..., d] = 1.0
         b[..., d + 1] = half_sq
-        return a.reshape(rows, n, d + 2), b.reshape(rows, n, d + 2)
+        return a.flatten(0, -3), b.flatten(0, -3)
     x = (x - x.mean(-2, keepdim=True)).mul_(scale)  # any layout: cat makes it contiguous
     half_sq = torch.linalg.vector_norm(x, dim=-1, keepdim=True).pow(2).mul(-0.5)
     ones = torch.ones_like(half_sq)
-    return (torch.cat([x, half_sq, ones], -1).reshape(rows, n, d + 2),
-            torch.cat([x, ones, half_sq], -1).reshape(rows, n, d + 2))
+    return torch.cat([x, half_sq, ones], -1).flatten(0, -3), torch.cat([x, ones, half_sq], -1).flatten(0, -3)
 
 
 def kirwls_key_value_weights(
@@ -458,8 +454,6 @@ def spkde_weights(
         valid = torch.ones(gram.shape[:-1], dtype=torch.bool, device=gram.device)
     gram = gram * (valid.unsqueeze(-1) & valid.unsqueeze(-2))
     uniform = _normalise(gram.new_ones(gram.shape[:-1]), valid)
-    if gram.shape[-1] == 0:  # no keys: empty weights
-        return uniform
     target = uniform / (1 - contamination)
     if rounds > 0:
         exact, ok = _spkde_active_set(gram, valid, target, valid, rounds)
