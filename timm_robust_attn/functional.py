@@ -394,24 +394,25 @@ def _spkde_active_set(
 
 def _spkde_fista(
         gram: Tensor, target: Tensor, valid: Tensor, start: Tensor, steps: int, tol: float) -> Tensor:
-    """FISTA with gradient restart on the simplex, stopped at gradient-mapping L1 norm ``<= tol``."""
-    lipschitz = gram.sum(-1).amax(-1, keepdim=True).clamp_min(finfo(gram.dtype)[1])
-    outside = torch.full_like(start, -1e9)
-    a = y = start
-    t = torch.ones_like(lipschitz)
-    for step in range(steps):
-        descent = y - _spkde_objective_grad(y, gram, target) / lipschitz
-        proposal = project_simplex(torch.where(valid, descent, outside))
-        restart = ((y - proposal) * (proposal - a)).sum(-1, keepdim=True) > 0
-        t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
-        momentum = torch.where(restart, torch.zeros_like(t), (t - 1) / t_next)
-        y = proposal + momentum * (proposal - a)
-        a, t = proposal, torch.where(restart, torch.ones_like(t), t_next)
-        if (step + 1) % 10 == 0:
-            mapped = project_simplex(
-                torch.where(valid, a - _spkde_objective_grad(a, gram, target) / lipschitz, outside))
-            if bool(((a - mapped).abs().sum(-1, keepdim=True) * lipschitz).amax() <= tol):
-                break
+    """FISTA with gradient restart on the simplex, stopped at gradient-mapping L1 ``<= tol``; no graph."""
+    with torch.no_grad():
+        lipschitz = gram.sum(-1).amax(-1, keepdim=True).clamp_min(finfo(gram.dtype)[1])
+        outside = torch.full_like(start, -1e9)
+        a = y = start
+        t = torch.ones_like(lipschitz)
+        for step in range(steps):
+            descent = y - _spkde_objective_grad(y, gram, target) / lipschitz
+            proposal = project_simplex(torch.where(valid, descent, outside))
+            restart = ((y - proposal) * (proposal - a)).sum(-1, keepdim=True) > 0
+            t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
+            momentum = torch.where(restart, torch.zeros_like(t), (t - 1) / t_next)
+            y = proposal + momentum * (proposal - a)
+            a, t = proposal, torch.where(restart, torch.ones_like(t), t_next)
+            if (step + 1) % 10 == 0:
+                mapped = project_simplex(
+                    torch.where(valid, a - _spkde_objective_grad(a, gram, target) / lipschitz, outside))
+                if bool(((a - mapped).abs().sum(-1, keepdim=True) * lipschitz).amax() <= tol):
+                    break
     return a
 
 
@@ -450,6 +451,8 @@ def spkde_weights(
     Returns:
         Weights on the simplex over the valid keys, ``[..., N]``.
     """
+    if gram.shape[-1] == 0:  # no keys: the empty simplex (the solvers' reductions need a key)
+        return gram.new_zeros(gram.shape[:-1])
     if valid is None:
         valid = torch.ones(gram.shape[:-1], dtype=torch.bool, device=gram.device)
     gram = gram * (valid.unsqueeze(-1) & valid.unsqueeze(-2))
@@ -461,8 +464,7 @@ def spkde_weights(
             return exact
     else:
         exact, ok = uniform, torch.zeros_like(valid[..., 0])
-    with torch.no_grad():
-        a = _spkde_fista(gram, target, valid, uniform, steps, tol)
+    a = _spkde_fista(gram, target, valid, uniform, steps, tol)
     if rounds == 0:
         return a
     support = valid & (a > 1e-7 * a.amax(-1, keepdim=True))

@@ -11,7 +11,13 @@ from timm.layers import Attention
 from timm.models.naflexvit import create_attention_mask
 
 from timm_robust_attn import KDEAttention, MoMAttention, RKDEAttention, SPKDEAttention, attention_class
-from timm_robust_attn.functional import key_value_grams, kirwls_weights, psi_over_r, valid_keys
+from timm_robust_attn.functional import (
+    key_value_grams,
+    kirwls_weights,
+    psi_over_r,
+    spkde_weights,
+    valid_keys,
+)
 
 DIM, HEADS = 32, 2
 ROBUST = [
@@ -176,10 +182,19 @@ def test_naflexvit_padding_does_not_leak_into_valid_tokens(name):
     torch.testing.assert_close(shifted[:, :keep], clean[:, :keep], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"iterations": 1}, {"iterations": 2}])
-def test_zero_tokens_give_an_empty_output_as_timm_attention_does(kwargs):
-    """KDE (no kwargs) and RKDE with one (chunked path) and two iterations (whole-Gram path)."""
-    x = torch.randn(2, 0, 16)
+@pytest.mark.parametrize("attn_cls,kwargs", [
+    (KDEAttention, {}), (RKDEAttention, {"iterations": 1}), (RKDEAttention, {"iterations": 2}),
+    (SPKDEAttention, {}), (SPKDEAttention, {"weight_grad": True}),
+])
+def test_zero_tokens_give_an_empty_output_as_timm_attention_does(attn_cls, kwargs):
+    """RKDE with one (chunked path) and two iterations (whole-Gram path); SPKDE's solvers get no keys."""
+    x = torch.randn(2, 0, 16, requires_grad=True)
     assert Attention(16, num_heads=2)(x).shape == (2, 0, 16)
-    attn_cls = RKDEAttention if kwargs else KDEAttention
-    assert attn_cls(16, num_heads=2, **kwargs)(x).shape == (2, 0, 16)
+    out = attn_cls(16, num_heads=2, **kwargs)(x)
+    assert out.shape == (2, 0, 16)
+    out.sum().backward()
+    assert x.grad.shape == (2, 0, 16)
+
+
+def test_spkde_weights_of_no_keys_are_empty():
+    assert spkde_weights(torch.zeros(3, 2, 0, 0), 0.1, 50).shape == (3, 2, 0)
