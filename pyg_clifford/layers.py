@@ -27,14 +27,28 @@ from .product import (
 )
 
 
+class _SwapOuterAxes(torch.autograd.Function):
+    """``[a, C, b] -> [b, C, a]``, contiguous, and the same for the gradient: a plain ``permute`` would hand
+    its consumers (batched matmuls, ``index_add``) a gradient with unit stride on the batch axis, which each
+    of them then copies."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return x.permute(2, 1, 0).contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad.permute(2, 1, 0).contiguous()
+
+
 def to_blade_major(x: Tensor) -> Tensor:
     """``[..., C, 2**n]`` -> contiguous ``[2**n, C, M]`` with ``M`` the product of the leading dimensions."""
-    return x.reshape(math.prod(x.shape[:-2]), x.size(-2), x.size(-1)).permute(2, 1, 0).contiguous()
+    return _SwapOuterAxes.apply(x.reshape(math.prod(x.shape[:-2]), x.size(-2), x.size(-1)))
 
 
 def from_blade_major(x: Tensor, batch_shape: tuple[int, ...] | torch.Size) -> Tensor:
-    """``[2**n, C, M]`` -> ``[*batch_shape, C, 2**n]`` (the inverse of :func:`to_blade_major`)."""
-    return x.permute(2, 1, 0).reshape(*batch_shape, x.size(1), x.size(0))
+    """``[2**n, C, M]`` -> contiguous ``[*batch_shape, C, 2**n]`` (the inverse of :func:`to_blade_major`)."""
+    return _SwapOuterAxes.apply(x).view(*batch_shape, x.size(1), x.size(0))
 
 
 class MVModule(nn.Module):

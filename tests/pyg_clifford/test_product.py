@@ -190,6 +190,21 @@ def test_blade_major_round_trip_and_empty_inputs() -> None:
     assert layer(torch.randn(0, 4, 8)).shape == (0, 4, 8)
 
 
+def test_layout_conversions_are_transpositions_with_contiguous_gradients() -> None:
+    """to/from_blade_major equal the permutation (values, gradients, second derivatives), and hand on
+    contiguous gradients (a permuted view would make every batched matmul behind them copy it)."""
+    x = torch.randn(2, 3, 4, 8, dtype=torch.float64, requires_grad=True)
+    blade_major = to_blade_major(x)
+    torch.testing.assert_close(blade_major, x.reshape(6, 4, 8).permute(2, 1, 0))
+    assert blade_major.is_contiguous()
+    (grad,) = torch.autograd.grad(from_blade_major(blade_major, x.shape[:-2]).square().sum(), blade_major)
+    assert grad.is_contiguous()
+    torch.testing.assert_close(grad, 2 * blade_major)
+    assert torch.autograd.gradcheck(to_blade_major, (x,))
+    leaf = blade_major.detach().requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda t: from_blade_major(t.square(), (6,)), (leaf,))
+
+
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-4), (torch.bfloat16, 6e-2)])
 def test_low_precision_forward_agrees_with_float64(dtype: torch.dtype, tolerance: float) -> None:
     """CGEGNN hops 2 forward in float32 / bfloat16 against the same weights in float64 (relative error of the
