@@ -19,10 +19,10 @@ from torch import Tensor, nn
 
 from .algebra import CliffordAlgebra
 from .product import (
+    GatherWeightedProduct,
     ProductTables,
     WeightedGeometricProduct,
     WeightedProductIndex,
-    _signed_product,
     product_tables,
 )
 
@@ -445,13 +445,12 @@ class SteerableGeometricProduct(MVModule):
         return self.linear_left.forward_blade_major(x, residual=z, alpha=scale)
 
     def gather_product(self, x: Tensor, y: Tensor, scale: float) -> Tensor:
-        r"""The same weighted product from differentiable operations (:func:`_signed_product` out of place,
-        tables built from the live weight), :math:`z_j = s \sum_i (\sigma_{ij} w_{t(i,j)}) \odot x_i \odot
-        y_{i \oplus j}`: used inside ``torch.compile`` graphs, where inductor fuses it (and its backward)
-        into loops with no ``[2**n, 2**n, C, M]`` buffer. Eager uses :class:`WeightedGeometricProduct`,
-        which saves only its operands and reuses one buffer in place."""
-        tables = product_tables(self.weight, self.product_index(), self.algebra.num_blades, scale)
-        return _signed_product(x, y, tables.forward, self.right_index)
+        r"""The same weighted product, :math:`z_j = s \sum_i (\sigma_{ij} w_{t(i,j)}) \odot x_i \odot
+        y_{i \oplus j}`, as :class:`~pyg_clifford.product.GatherWeightedProduct` (out-of-place gathers,
+        tables built from the live weight): used inside ``torch.compile`` graphs, where inductor fuses its
+        forward and each backward term into one loop with no ``[2**n, 2**n, C, M]`` buffer. Eager uses
+        :class:`WeightedGeometricProduct`, which saves only its operands and reuses one buffer in place."""
+        return GatherWeightedProduct.apply(x, y, self.weight, *self.product_index(), scale)
 
 
 class MVLayerNorm(MVModule):

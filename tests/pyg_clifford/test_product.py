@@ -24,7 +24,13 @@ from pyg_clifford.layers import (
     grade_tables,
     to_blade_major,
 )
-from pyg_clifford.product import _TILE, WeightedGeometricProduct, _PairTiles, product_tables
+from pyg_clifford.product import (
+    _TILE,
+    GatherWeightedProduct,
+    WeightedGeometricProduct,
+    _PairTiles,
+    product_tables,
+)
 
 METRICS = [(1.0, 1.0, 1.0), (1.0, -1.0, -1.0, -1.0), (0.5, 2.0)]
 
@@ -61,6 +67,20 @@ def test_weighted_product_passes_gradcheck(metric: tuple[float, ...]) -> None:
 
     assert torch.autograd.gradcheck(product, (x, y, weight))
     assert torch.autograd.gradgradcheck(product, (x, y, weight))
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_compiled_graph_product_passes_gradcheck(metric: tuple[float, ...]) -> None:
+    """The product used inside torch.compile graphs (a backward of three signed gathers of the gradient)."""
+    algebra = CliffordAlgebra(metric)
+    layer = SteerableGeometricProduct(3, algebra).double()
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, algebra.num_blades, 3, 4, dtype=torch.float64, generator=generator).unbind()
+    weight = torch.randn(3, layer.num_triplets, dtype=torch.float64, generator=generator)
+    inputs = (x.requires_grad_(), y.requires_grad_(), weight.requires_grad_())
+    assert torch.autograd.gradcheck(
+        lambda x, y, w: GatherWeightedProduct.apply(x, y, w, *layer.product_index(), 0.7), inputs
+    )
 
 
 @pytest.mark.parametrize("metric", METRICS)
