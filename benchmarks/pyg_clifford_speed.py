@@ -12,7 +12,9 @@
    ``--before DIR`` adds rows for another version of the package (``DIR/pyg_clifford``, e.g. the commit
    before a change: ``git archive <commit> pyg_clifford | tar -x -C DIR``), measured in the same rounds.
    ``--compiled`` adds a row for ``torch.compile(model, fullgraph=True)`` (inductor; the compilation, minutes
-   on a small CPU, happens in the untimed warm-up and is reported separately).
+   on a small CPU, happens in the untimed warm-up and is reported separately). ``--adam-foreach`` gives
+   every model ``Adam(foreach=True)`` (the multi-tensor step) instead of PyTorch's CPU default (a loop over
+   the parameter tensors).
 2. Scaling: random 3D point clouds of 100 to 10,000 nodes with a fixed density (radius graphs, mean degree
    about ``--degree``); time per forward + backward divided by the number of edges (hops 1) or edges plus
    paths (hops 2). A flat column means linear growth.
@@ -74,13 +76,14 @@ def step(model: torch.nn.Module, hops: int, data: Batch) -> None:
     ((pred - data.y) ** 2).mean().backward()
 
 
-def measure(name: str, config: str, num_graphs: int, repeats: int) -> dict:
+def measure(name: str, config: str, num_graphs: int, repeats: int, foreach: bool | None = None) -> dict:
     """Run in a subprocess: the median time of a training step (forward, backward, Adam) and the bytes
-    saved for backward."""
+    saved for backward. ``foreach``: Adam's implementation (``None``: PyTorch's default, a loop over the
+    parameters on the CPU; ``True``: the multi-tensor one)."""
     torch.manual_seed(0)
     model, hops = build(name, config)
     data = nbody_batch(num_graphs, max(hops, 1))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, foreach=foreach)
 
     def train_step() -> None:
         optimizer.zero_grad()
@@ -118,6 +121,7 @@ def measure(name: str, config: str, num_graphs: int, repeats: int) -> dict:
 def run_measure(name: str, config: str, args: argparse.Namespace, source: str | None) -> dict:
     command = [sys.executable, "-m", "benchmarks.pyg_clifford_speed", "--measure", name, "--config", config]
     command += ["--graphs", str(args.graphs), "--repeats", str(args.repeats), "--threads", str(args.threads)]
+    command += ["--adam-foreach"] if args.adam_foreach else []
     env = dict(os.environ)
     if source is not None:  # another version of the package first on the path (``-m`` puts the cwd first)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (source, str(REPO), env.get("PYTHONPATH", "")) if p)
@@ -141,7 +145,8 @@ def training_tables(args: argparse.Namespace) -> None:
         base = results[("egnn", "")]
         print(
             f"\n### {config}: CG-EGNN width {width}, {layers} layers, mlp_layers {mlp_layers} vs EGNN width "
-            f"{egnn_width}, {egnn_layers} layers; {args.graphs} n-body graphs x 5 nodes, Adam step, "
+            f"{egnn_width}, {egnn_layers} layers; {args.graphs} n-body graphs x 5 nodes, Adam step "
+            f"({'foreach' if args.adam_foreach else 'default'}), "
             f"{args.threads} thread(s), median of {args.rounds} interleaved rounds\n"
         )
         print(
@@ -250,6 +255,9 @@ def main() -> None:
     parser.add_argument("--skip-scaling", action="store_true")
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--compiled", action="store_true", help="add torch.compile(CG-EGNN hops 1)")
+    parser.add_argument(
+        "--adam-foreach", action="store_true", help="Adam(foreach=True) for every model (default: PyTorch's)"
+    )
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one model in a subprocess
     parser.add_argument("--config", default="cgenn", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -257,7 +265,8 @@ def main() -> None:
     CONFIGS["scale"] = (args.scale_width, args.scale_layers, 1, args.scale_width, args.scale_layers)
 
     if args.measure:
-        print(json.dumps(measure(args.measure, args.config, args.graphs, args.repeats)))
+        foreach = True if args.adam_foreach else None
+        print(json.dumps(measure(args.measure, args.config, args.graphs, args.repeats, foreach)))
         return
     if not args.skip_training:
         training_tables(args)

@@ -19,22 +19,36 @@ from torch import Tensor, nn
 
 from .algebra import CliffordAlgebra
 from .product import (
+    GatherWeightedProduct,
     ProductTables,
     WeightedGeometricProduct,
     WeightedProductIndex,
-    _signed_product,
     product_tables,
 )
 
 
+class _SwapOuterAxes(torch.autograd.Function):
+    """``[a, C, b] -> [b, C, a]``, contiguous, and the same for the gradient: a plain ``permute`` would hand
+    its consumers (batched matmuls, ``index_add``) a gradient with unit stride on the batch axis, which each
+    of them then copies."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return x.permute(2, 1, 0).contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad.permute(2, 1, 0).contiguous()
+
+
 def to_blade_major(x: Tensor) -> Tensor:
     """``[..., C, 2**n]`` -> contiguous ``[2**n, C, M]`` with ``M`` the product of the leading dimensions."""
-    return x.reshape(math.prod(x.shape[:-2]), x.size(-2), x.size(-1)).permute(2, 1, 0).contiguous()
+    return _SwapOuterAxes.apply(x.reshape(math.prod(x.shape[:-2]), x.size(-2), x.size(-1)))
 
 
 def from_blade_major(x: Tensor, batch_shape: tuple[int, ...] | torch.Size) -> Tensor:
-    """``[2**n, C, M]`` -> ``[*batch_shape, C, 2**n]`` (the inverse of :func:`to_blade_major`)."""
-    return x.permute(2, 1, 0).reshape(*batch_shape, x.size(1), x.size(0))
+    """``[2**n, C, M]`` -> contiguous ``[*batch_shape, C, 2**n]`` (the inverse of :func:`to_blade_major`)."""
+    return _SwapOuterAxes.apply(x).view(*batch_shape, x.size(1), x.size(0))
 
 
 class MVModule(nn.Module):
@@ -431,13 +445,12 @@ class SteerableGeometricProduct(MVModule):
         return self.linear_left.forward_blade_major(x, residual=z, alpha=scale)
 
     def gather_product(self, x: Tensor, y: Tensor, scale: float) -> Tensor:
-        r"""The same weighted product from differentiable operations (:func:`_signed_product` out of place,
-        tables built from the live weight), :math:`z_j = s \sum_i (\sigma_{ij} w_{t(i,j)}) \odot x_i \odot
-        y_{i \oplus j}`: used inside ``torch.compile`` graphs, where inductor fuses it (and its backward)
-        into loops with no ``[2**n, 2**n, C, M]`` buffer. Eager uses :class:`WeightedGeometricProduct`,
-        which saves only its operands and reuses one buffer in place."""
-        tables = product_tables(self.weight, self.product_index(), self.algebra.num_blades, scale)
-        return _signed_product(x, y, tables.forward, self.right_index)
+        r"""The same weighted product, :math:`z_j = s \sum_i (\sigma_{ij} w_{t(i,j)}) \odot x_i \odot
+        y_{i \oplus j}`, as :class:`~pyg_clifford.product.GatherWeightedProduct` (out-of-place gathers,
+        tables built from the live weight): used inside ``torch.compile`` graphs, where inductor fuses its
+        forward and each backward term into one loop with no ``[2**n, 2**n, C, M]`` buffer. Eager uses
+        :class:`WeightedGeometricProduct`, which saves only its operands and reuses one buffer in place."""
+        return GatherWeightedProduct.apply(x, y, self.weight, *self.product_index(), scale)
 
 
 class MVLayerNorm(MVModule):

@@ -183,3 +183,54 @@ class WeightedGeometricProduct(torch.autograd.Function):
             pairs = pairs.reshape(blades * blades, -1) * (index.sign.to(grad.dtype) * ctx.scale)[:, None]
             grad_weight = pairs.new_zeros(weight.t().shape).index_add_(0, index.triplet, pairs).t()
         return grad_x, grad_y, grad_weight, None, None, None
+
+
+class GatherWeightedProduct(torch.autograd.Function):
+    r"""The weighted product of :class:`WeightedGeometricProduct` for ``torch.compile`` graphs, from
+    out-of-place gathers that inductor fuses into one reduction loop each. Every backward term gathers only
+    the output gradient ``g`` (a buffer that inductor has realised, since it also feeds the batched matmuls
+    of the residual branch), never ``y`` (whose producer, the grade norm, inductor would otherwise recompute
+    inside the gather for each of the ``4**n`` pairs and store as a ``[4**n, C, M]`` buffer):
+
+    .. math::
+        \partial_{y_j} = \sum_i \mathrm{right}_{ij}\, x_i\, g_{i \oplus j}, \quad
+        \partial_{x_i} = \sum_k \mathrm{right}_{ik}\, y_k\, g_{i \oplus k}, \quad
+        \partial_{w_t} = s \sum_{(i,j) \in t} \sigma_{ij} \sum_m x_i\, g_{i \oplus k}\, y_k,\ k = i \oplus j
+
+    with the tables of :class:`ProductTables`. ``weight``: ``[C, T]``; the index tables as in
+    :class:`WeightedProductIndex`. First derivatives only (AOT autograd compiles no double backward)."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        x: Tensor,
+        y: Tensor,
+        weight: Tensor,
+        triplet: Tensor,
+        right: Tensor,
+        right_position: Tensor,
+        sign: Tensor,
+        scale: float,
+    ) -> Tensor:
+        ctx.save_for_backward(x, y, weight, triplet, right, right_position, sign)
+        ctx.scale = scale
+        index = WeightedProductIndex(triplet, right, right_position, sign)
+        return _signed_product(x, y, product_tables(weight, index, x.size(0), scale).forward, right)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, y, weight, triplet, right, right_position, sign = ctx.saved_tensors
+        blades = x.size(0)
+        index = WeightedProductIndex(triplet, right, right_position, sign)
+        table = product_tables(weight, index, blades, ctx.scale).right  # [i, k, C, 1]
+        needs_x, needs_y, needs_weight = ctx.needs_input_grad[:3]
+        grad_x = _signed_product(y, grad, table.transpose(0, 1), right) if needs_x else None
+        grad_y = _signed_product(x, grad, table, right) if needs_y else None
+        grad_weight = None
+        if needs_weight:
+            gathered = grad.index_select(0, right).view(blades, blades, *grad.shape[1:])  # [i, k] = g_{i^k}
+            pairs = (gathered * x.unsqueeze(1) * y.unsqueeze(0)).sum(-1).reshape(blades * blades, -1)
+            pairs = pairs.index_select(0, right_position)  # (i, k) -> (i, j = i xor k)
+            pairs = pairs * (sign.to(grad.dtype) * ctx.scale)[:, None]
+            grad_weight = pairs.new_zeros(weight.t().shape).index_add_(0, triplet, pairs).t()
+        return grad_x, grad_y, grad_weight, None, None, None, None, None

@@ -24,7 +24,13 @@ from pyg_clifford.layers import (
     grade_tables,
     to_blade_major,
 )
-from pyg_clifford.product import _TILE, WeightedGeometricProduct, _PairTiles, product_tables
+from pyg_clifford.product import (
+    _TILE,
+    GatherWeightedProduct,
+    WeightedGeometricProduct,
+    _PairTiles,
+    product_tables,
+)
 
 METRICS = [(1.0, 1.0, 1.0), (1.0, -1.0, -1.0, -1.0), (0.5, 2.0)]
 
@@ -61,6 +67,20 @@ def test_weighted_product_passes_gradcheck(metric: tuple[float, ...]) -> None:
 
     assert torch.autograd.gradcheck(product, (x, y, weight))
     assert torch.autograd.gradgradcheck(product, (x, y, weight))
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_compiled_graph_product_passes_gradcheck(metric: tuple[float, ...]) -> None:
+    """The product used inside torch.compile graphs (a backward of three signed gathers of the gradient)."""
+    algebra = CliffordAlgebra(metric)
+    layer = SteerableGeometricProduct(3, algebra).double()
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, algebra.num_blades, 3, 4, dtype=torch.float64, generator=generator).unbind()
+    weight = torch.randn(3, layer.num_triplets, dtype=torch.float64, generator=generator)
+    inputs = (x.requires_grad_(), y.requires_grad_(), weight.requires_grad_())
+    assert torch.autograd.gradcheck(
+        lambda x, y, w: GatherWeightedProduct.apply(x, y, w, *layer.product_index(), 0.7), inputs
+    )
 
 
 @pytest.mark.parametrize("metric", METRICS)
@@ -188,6 +208,21 @@ def test_blade_major_round_trip_and_empty_inputs() -> None:
     torch.testing.assert_close(from_blade_major(to_blade_major(x), x.shape[:-2]), x)
     layer = SteerableGeometricProduct(4, CliffordAlgebra((1.0, 1.0, 1.0)))
     assert layer(torch.randn(0, 4, 8)).shape == (0, 4, 8)
+
+
+def test_layout_conversions_are_transpositions_with_contiguous_gradients() -> None:
+    """to/from_blade_major equal the permutation (values, gradients, second derivatives), and hand on
+    contiguous gradients (a permuted view would make every batched matmul behind them copy it)."""
+    x = torch.randn(2, 3, 4, 8, dtype=torch.float64, requires_grad=True)
+    blade_major = to_blade_major(x)
+    torch.testing.assert_close(blade_major, x.reshape(6, 4, 8).permute(2, 1, 0))
+    assert blade_major.is_contiguous()
+    (grad,) = torch.autograd.grad(from_blade_major(blade_major, x.shape[:-2]).square().sum(), blade_major)
+    assert grad.is_contiguous()
+    torch.testing.assert_close(grad, 2 * blade_major)
+    assert torch.autograd.gradcheck(to_blade_major, (x,))
+    leaf = blade_major.detach().requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda t: from_blade_major(t.square(), (6,)), (leaf,))
 
 
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-4), (torch.bfloat16, 6e-2)])
