@@ -383,7 +383,7 @@ class TransformerNFN(nn.Module):
         io_features: int = 0,
         io_hidden: int = 16,
         feature_norm: str = "layer",
-        raw_features: bool = False,
+        raw_features: bool = True,
     ) -> None:
         super().__init__()
         if feature_norm not in ("layer", "batch"):

@@ -161,7 +161,7 @@ class AccuracyPredictor(nn.Module):
         head_hidden: int = 64,
         attention_to_mlp: bool = False,
         io_features: int = 0,
-        raw_features: bool = False,
+        raw_features: bool = True,
     ) -> None:
         super().__init__()
         self.spec = spec

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--raw-features",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=True,
         help="the head also reads the quantile-normalised invariant pool of the input weights",
     )
     parser.add_argument("--seed", type=int, default=0)

@@ -106,7 +106,7 @@ def test_bad_feature_options_are_refused():
     with pytest.raises(ValueError, match="feature_norm"):
         TransformerNFN(ws.spec, feature_norm="group")
     with pytest.raises(ValueError, match="raw_features"):
-        TransformerNFN(ws.spec).raw(ws)
+        TransformerNFN(ws.spec, raw_features=False).raw(ws)
 
 
 @pytest.mark.parametrize("io", [False, True])
