@@ -17,7 +17,10 @@ elements (head/neuron permutations and per-head ``GL`` maps with singular values
 models share the batch order per seed (paired). With ``--io on`` (default) every model also reads the
 zoo's patch embedding and classifier weights (:func:`nfn_ext.transformer_zoo.io_weights`; the group does not
 act on them): the neural models as a second input, gradient boosting as raw features beside the statistics.
-Every (model, setting, seed) result is cached as JSON.
+Every (model, setting, seed) result is cached as JSON. ``--raw-features on`` gives Transformer-NFN and its
+ablations the quantile-normalised invariant pool of the input weights (``TransformerNFN(raw_features=True)``,
+fitted on the training split); ``--n 3000 --split-n 600`` trains on a larger zoo with the 600-member zoo's
+validation and test members.
 
     python -m benchmarks.nfn_ext_transformer_tau --n 600 --epochs 12 --seeds 0 1 2
 """
