@@ -17,7 +17,10 @@ elements (head/neuron permutations and per-head ``GL`` maps with singular values
 models share the batch order per seed (paired). With ``--io on`` (default) every model also reads the
 zoo's patch embedding and classifier weights (:func:`nfn_ext.transformer_zoo.io_weights`; the group does not
 act on them): the neural models as a second input, gradient boosting as raw features beside the statistics.
-Every (model, setting, seed) result is cached as JSON.
+Every (model, setting, seed) result is cached as JSON. ``--raw-features on`` gives Transformer-NFN and its
+ablations the quantile-normalised invariant pool of the input weights (``TransformerNFN(raw_features=True)``,
+fitted on the training split); ``--n 3000 --split-n 600`` trains on a larger zoo with the 600-member zoo's
+validation and test members.
 
     python -m benchmarks.nfn_ext_transformer_tau --n 600 --epochs 12 --seeds 0 1 2
 """
@@ -50,15 +53,23 @@ MODELS = (
 )  # fmt: skip
 
 
-def split(zoo: TransformerZoo, test_fraction: float = 0.2, val_fraction: float = 0.1) -> dict[str, Tensor]:
-    """Fixed member-level split (seed 1234): indices of the train, validation and test checkpoints."""
+def split(
+    zoo: TransformerZoo, test_fraction: float = 0.2, val_fraction: float = 0.1, split_n: int | None = None
+) -> dict[str, Tensor]:
+    """Fixed member-level split (seed 1234): indices of the train, validation and test checkpoints.
+
+    With ``split_n``, the members below ``split_n`` are split exactly as a zoo of ``split_n`` members would
+    be, and every member from ``split_n`` on goes to training: a larger zoo (members are deterministic per
+    index) keeps the smaller zoo's validation and test models."""
     members = torch.unique(zoo.member)
+    extra = members[members >= split_n] if split_n is not None else members[:0]
+    members = members[~torch.isin(members, extra)]
     members = members[torch.randperm(len(members), generator=torch.Generator().manual_seed(1234))]
     n_test, n_val = int(test_fraction * len(members)), int(val_fraction * len(members))
     groups = {
         "test": members[:n_test],
         "val": members[n_test : n_test + n_val],
-        "train": members[n_test + n_val :],
+        "train": torch.cat([members[n_test + n_val :], extra]),
     }
     return {k: torch.nonzero(torch.isin(zoo.member, v)).squeeze(1) for k, v in groups.items()}
 
@@ -73,6 +84,10 @@ def _matched(build: Callable[[int], nn.Module], target: int) -> int:
     return min(ladder, key=lambda w: abs(_count(build(w)) - target))
 
 
+def _norm_suffix(norm: str, raw: bool) -> str:
+    return ("" if norm == "layer" else "-bn") + ("-raw" if raw else "")
+
+
 def settings(
     model: str, spec: TransformerWeightSpaceSpec, io: int, args: argparse.Namespace
 ) -> dict[str, dict[str, Any]]:
@@ -82,8 +97,19 @@ def settings(
     ``--weight-decays``); a gradient-boosting setting is ``{"depth", "lr"}``."""
     hh = args.head_hidden
 
-    def nfn(channels: tuple[int, ...], head: int, att: bool = False) -> TransformerNFN:
-        return TransformerNFN(spec, channels, head, attention_to_mlp=att, io_features=io)
+    def nfn(
+        channels: tuple[int, ...], head: int, att: bool = False, norm: str = "layer", raw: bool = False
+    ) -> TransformerNFN:
+        return TransformerNFN(
+            spec, channels, head, attention_to_mlp=att, io_features=io, feature_norm=norm, raw_features=raw
+        )
+
+    def norms(name: str) -> dict[str, dict[str, Any]]:  # the feature normalisations on the grid
+        return {
+            name + _norm_suffix(norm, raw): {"norm": norm, "raw": raw}
+            for norm in args.feature_norms
+            for raw in args.raw_features
+        }
 
     if model in ("statnn_gbt", "invariant_gbt"):
         depths = args.gbt_depths if model == "statnn_gbt" else args.invariant_gbt_depths
@@ -94,17 +120,20 @@ def settings(
         }
     if model == "transformer_nfn":
         builds = {
-            f"c{c}" + ("" if att else "-noatt"): (lambda c=c, att=att: nfn((c,), hh, att))
+            name: (lambda c=c, att=att, o=o: nfn((c,), hh, att, **o))
             for c in args.channels
             for att in args.attention_to_mlp
+            for name, o in norms(f"c{c}" + ("" if att else "-noatt")).items()
         }
     else:
         target = _count(nfn((max(args.channels),), hh))  # the widest Transformer-NFN without the z terms
         if model == "nfn_pool_only":
-            builds = {f"h{hh}": lambda: nfn((), hh)}
-        elif model == "nfn_pool_only_wide":
-            w = _matched(lambda w: nfn((), w), target)
-            builds = {f"h{w}": lambda: nfn((), w)}
+            builds = {name: (lambda o=o: nfn((), hh, **o)) for name, o in norms(f"h{hh}").items()}
+        elif model == "nfn_pool_only_wide":  # matched to the widest Transformer-NFN with the same features
+            builds = {}
+            for o in norms("").values():
+                w = _matched(lambda w, o=o: nfn((), w, **o), _count(nfn((max(args.channels),), hh, **o)))
+                builds[f"h{w}" + _norm_suffix(**o)] = lambda o=o, w=w: nfn((), w, **o)
         elif model == "mlp":
             builds = {f"h{hh}": lambda: TransformerFlatMLP(spec, hh, io_features=io)}
         elif model == "np":
@@ -137,7 +166,7 @@ def run_setting(
     One result per snapshot option: a neural model's best validation epoch, and for each ``k`` in
     ``--snapshots`` above 1 the mean logit of its ``k`` best validation epochs (``-ens{k}``); gradient
     boosting after each number of trees in ``--gbt-stages`` (``-t{n}``)."""
-    idx = split(zoo)
+    idx = split(zoo, split_n=args.split_n)
     train, val, test = (zoo.subset(idx[k]) for k in ("train", "val", "test"))
 
     def inputs(part: TransformerZoo, ws: TransformerWeightSpace | None = None) -> Inputs:
@@ -182,6 +211,8 @@ def run_setting(
             predictors[suffix] = (staged(trees), None)
     else:
         net = options["build"]()
+        if isinstance(net, TransformerNFN):
+            net.fit_feature_norm(*(inputs(train) if args.io else (inputs(train),)))
         states: list[dict[str, Tensor]] = []
         curve = fit(
             net, inputs(train), train.accuracy, args.epochs, 32, options["lr"], seed,
@@ -225,7 +256,8 @@ def run(zoo: TransformerZoo, model: str, seed: int, args: argparse.Namespace) ->
     for setting, options in settings(model, zoo.weights.spec, io, args).items():
         extra = args.gbt_stages if model.endswith("gbt") else args.snapshots
         extra_tag = "-".join(map(str, extra))
-        tag = f"v5_n{args.n}_io{int(args.io)}_{model}_{setting}_e{args.epochs}_x{extra_tag}_s{seed}"
+        zoo_tag = f"n{args.n}" + ("" if args.split_n in (None, args.n) else f"-split{args.split_n}")
+        tag = f"v5_{zoo_tag}_io{int(args.io)}_{model}_{setting}_e{args.epochs}_x{extra_tag}_s{seed}"
         cache = Path(args.root) / "tau" / f"{tag}.json"
         if cache.exists():
             results = json.loads(cache.read_text())
@@ -285,6 +317,13 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--n", type=int, default=300, help="zoo members (4 checkpoints each)")
+    parser.add_argument(
+        "--split-n",
+        type=int,
+        default=None,
+        help="split the first SPLIT_N members as a zoo of that size would be and train on every later one "
+        "too (a learning curve with the same validation and test models; default: --n)",
+    )
     parser.add_argument("--d-model", type=int, default=16)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--epochs", type=int, default=20, help="maximum epochs (early-stopped)")
@@ -327,6 +366,21 @@ def main(argv: list[str] | None = None) -> None:
         type=lambda v: v == "on",
         default=True,
         help="on/off: every model also reads the embedding and classifier weights (untouched by the group)",
+    )
+    parser.add_argument(
+        "--feature-norms",
+        nargs="+",
+        choices=("layer", "batch"),
+        default=["layer"],
+        help="Transformer-NFN and its ablations: normalisation of the pooled features (on validation)",
+    )
+    parser.add_argument(
+        "--raw-features",
+        type=lambda v: v == "on",
+        nargs="+",
+        default=[False],
+        help="on/off: Transformer-NFN and its ablations also read the quantile-normalised invariant pool of "
+        "the input weights (chosen on validation)",
     )
     parser.add_argument("--head-hidden", type=int, default=64)
     parser.add_argument("--scales", type=float, nargs="+", default=[2.0, 1e2], help="group element scales")

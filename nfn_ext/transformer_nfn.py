@@ -257,6 +257,56 @@ def signed_log(x: Tensor) -> Tensor:
     return torch.sign(x) * torch.log1p(x.abs())
 
 
+class QuantileNorm(nn.Module):
+    r"""Per-feature monotone map to normal scores, fitted on a training set (rank-Gauss, as scikit-learn's
+    ``QuantileTransformer(output_distribution="normal")``). With ``q_{f,k}`` the training quantiles of feature
+    ``f`` at the levels ``p_k = (k + 1/2) / K`` and ``z_k = \Phi^{-1}(p_k)``:
+
+    .. math::
+        y_f = z_k + \frac{x_f - q_{f,k}}{q_{f,k+1} - q_{f,k}} (z_{k+1} - z_k)
+        \quad \text{for } q_{f,k} \le x_f \le q_{f,k+1},
+
+    clipped to ``z_0``, ``z_{K-1}`` outside the training range. Each output is a function of its own
+    feature, so invariant features stay invariant; unlike a LayerNorm over all features or a standardisation,
+    it removes the features' heavy tails, to which gradient boosting is blind and a neural head is not.
+    Unfitted, it is the identity on ``[z_0, z_{K-1}]``.
+
+    Args:
+        num_features: ``F``.
+        num_knots: ``K``.
+
+    Shapes:
+        input ``(B, F)``; output ``(B, F)``.
+    """
+
+    def __init__(self, num_features: int, num_knots: int = 128) -> None:
+        super().__init__()
+        levels = (torch.arange(num_knots, dtype=torch.float64) + 0.5) / num_knots
+        z = torch.special.ndtri(levels)
+        self.register_buffer("levels", levels)
+        self.register_buffer("scores", z)
+        self.register_buffer("knots", z.expand(num_features, -1).clone())  # (F, K)
+
+    @torch.no_grad()
+    def fit(self, x: Tensor) -> QuantileNorm:
+        """Set the knots to the per-feature quantiles of ``x`` ``(N, F)``; returns ``self``."""
+        if x.ndim != 2 or x.shape[1] != self.knots.shape[0]:
+            raise ValueError(f"expected features of shape (N, {self.knots.shape[0]}), got {tuple(x.shape)}")
+        self.knots.copy_(torch.quantile(x.double(), self.levels, dim=0).T)
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        knots, scores = self.knots.to(x.dtype), self.scores.to(x.dtype)
+        xt = x.T.contiguous()  # (F, B)
+        right = torch.searchsorted(knots, xt).clamp(1, knots.shape[1] - 1)
+        lo, hi = knots.gather(1, right - 1), knots.gather(1, right)
+        w = ((xt - lo) / (hi - lo).clamp_min(_EPS)).clamp(0, 1)
+        return (scores[right - 1] + w * (scores[right] - scores[right - 1])).T
+
+    def extra_repr(self) -> str:
+        return f"{self.knots.shape[0]}, num_knots={self.knots.shape[1]}"
+
+
 class TransformerInvariantPool(nn.Module):
     r"""Invariant features ``(B, num_features)``, per block and channel: the head means of ``S_h`` and
     ``T_h``; the hidden-neuron means of ``[W_A; b_A]``, ``W_B`` and of their squares; ``b_O``, ``b_B``; and
@@ -310,6 +360,11 @@ class TransformerNFN(nn.Module):
             :func:`~nfn_ext.transformer_zoo.io_weights`), read through :func:`signed_log` and a linear
             map to ``io_hidden`` features beside the pool.
         io_hidden: see ``io_features``.
+        feature_norm: normalisation of the pooled features before the head: ``"layer"`` (a LayerNorm over
+            all features of a model) or ``"batch"`` (a BatchNorm per feature, over the training models).
+        raw_features: also read the invariant pool of the *input* weights (and ``io``) through a
+            :class:`QuantileNorm` fitted on the training models (:meth:`fit_feature_norm`), beside the
+            learned features (``io`` then goes through it instead of the linear map).
 
     Shapes:
         input: :class:`TransformerWeightSpace` with ``B`` models (and ``io`` ``(B, io_features)``); output
@@ -327,8 +382,12 @@ class TransformerNFN(nn.Module):
         attention_to_mlp: bool = True,
         io_features: int = 0,
         io_hidden: int = 16,
+        feature_norm: str = "layer",
+        raw_features: bool = True,
     ) -> None:
         super().__init__()
+        if feature_norm not in ("layer", "batch"):
+            raise ValueError(f"expected feature_norm 'layer' or 'batch', got {feature_norm!r}")
         self.spec, self.io_features = spec, io_features
         channels = [in_channels, *hidden_channels]
         layers: list[nn.Module] = []
@@ -336,11 +395,14 @@ class TransformerNFN(nn.Module):
             layers += [TransformerLinear(spec, a, b, attention_to_mlp), TransformerReLU()]
         self.layers = nn.Sequential(*layers)
         self.pool = TransformerInvariantPool(spec, channels[-1], dense_pool)
-        self.io = nn.Linear(io_features, io_hidden) if io_features else None
-        n_in = self.pool.num_features + (io_hidden if io_features else 0)
+        self.io = nn.Linear(io_features, io_hidden) if io_features and not raw_features else None
+        n_in = self.pool.num_features + (io_hidden if self.io is not None else 0)
+        self.norm = nn.LayerNorm(n_in) if feature_norm == "layer" else nn.BatchNorm1d(n_in)
+        self.raw_pool = TransformerInvariantPool(spec, in_channels, dense_pool) if raw_features else None
+        self.raw_norm = QuantileNorm(self.raw_pool.num_features + io_features) if raw_features else None
+        n_head = n_in + (self.raw_norm.knots.shape[0] if raw_features else 0)
         self.head = nn.Sequential(
-            nn.LayerNorm(n_in),
-            nn.Linear(n_in, head_hidden),
+            nn.Linear(n_head, head_hidden),
             nn.ReLU(),
             nn.Linear(head_hidden, head_hidden),
             nn.ReLU(),
@@ -352,12 +414,32 @@ class TransformerNFN(nn.Module):
             if m is not self and hasattr(m, "reset_parameters"):
                 m.reset_parameters()
 
+    def _check_io(self, ws: TransformerWeightSpace, io: Tensor | None) -> None:
+        if self.io_features and (io is None or io.shape != (ws.batch_size, self.io_features)):
+            got = None if io is None else tuple(io.shape)
+            raise ValueError(f"expected io weights of shape {(ws.batch_size, self.io_features)}, got {got}")
+
+    def raw(self, ws: TransformerWeightSpace, io: Tensor | None = None) -> Tensor:
+        """The features :class:`QuantileNorm` reads (``raw_features``): the invariant pool of ``ws`` and
+        ``io``, ``(B, F)``."""
+        if self.raw_pool is None:
+            raise ValueError("this TransformerNFN was built without raw_features")
+        self._check_io(ws, io)
+        feats = self.raw_pool(ws)
+        return torch.cat([feats, io.to(feats.dtype)], dim=-1) if self.io_features else feats
+
+    @torch.no_grad()
+    def fit_feature_norm(self, ws: TransformerWeightSpace, io: Tensor | None = None) -> None:
+        """Fit the :class:`QuantileNorm` of ``raw_features`` on the training models (no-op without it)."""
+        if self.raw_norm is not None:
+            self.raw_norm.fit(self.raw(ws, io))
+
     def forward(self, ws: TransformerWeightSpace, io: Tensor | None = None) -> Tensor:
+        self._check_io(ws, io)
         feats = self.pool(self.layers(ws))
         if self.io is not None:
-            if io is None or io.shape != (ws.batch_size, self.io_features):
-                got = None if io is None else tuple(io.shape)
-                want = (ws.batch_size, self.io_features)
-                raise ValueError(f"expected io weights of shape {want}, got {got}")
             feats = torch.cat([feats, self.io(signed_log(io.to(feats.dtype)))], dim=-1)
+        feats = self.norm(feats)
+        if self.raw_norm is not None:
+            feats = torch.cat([feats, self.raw_norm(self.raw(ws, io))], dim=-1)
         return self.head(feats)

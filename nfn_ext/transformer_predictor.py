@@ -107,6 +107,8 @@ def fit(
     for _ in bar:
         model.train()
         for batch in torch.randperm(len(accuracy), generator=gen).split(batch_size):
+            if len(batch) == 1 and len(accuracy) > 1:  # a BatchNorm cannot train on one model
+                continue
             opt.zero_grad()
             value = training_loss(_call(model, _take(ws, batch)), accuracy[batch], loss)
             value.backward()
@@ -147,6 +149,9 @@ class AccuracyPredictor(nn.Module):
         io_features: ``0`` (default) scores any family from its blocks only; the size of the zoo's
             embedding and classifier weights (``zoo.io.shape[1]``) also reads those
             (:func:`~nfn_ext.transformer_zoo.io_weights`), which exist for the zoo's :class:`SmallViT` only.
+        raw_features: as in :class:`~nfn_ext.TransformerNFN`: the head also reads the invariant pool of the
+            input weights through a :class:`~nfn_ext.transformer_nfn.QuantileNorm` that :meth:`fit` fits on
+            the training models.
     """
 
     def __init__(
@@ -156,6 +161,7 @@ class AccuracyPredictor(nn.Module):
         head_hidden: int = 64,
         attention_to_mlp: bool = False,
         io_features: int = 0,
+        raw_features: bool = True,
     ) -> None:
         super().__init__()
         self.spec = spec
@@ -164,10 +170,12 @@ class AccuracyPredictor(nn.Module):
             "head_hidden": head_hidden,
             "attention_to_mlp": attention_to_mlp,
             "io_features": io_features,
+            "raw_features": raw_features,
         }
         self.nfn = TransformerNFN(
-            spec, hidden_channels, head_hidden, attention_to_mlp=attention_to_mlp, io_features=io_features
-        )
+            spec, hidden_channels, head_hidden, attention_to_mlp=attention_to_mlp, io_features=io_features,
+            raw_features=raw_features,
+        )  # fmt: skip
 
     def forward(self, ws: TransformerWeightSpace, io: Tensor | None = None) -> Tensor:
         """Predicted accuracies ``(B,)`` in ``[0, 1]`` (``io`` ``(B, io_features)`` when built with it)."""
@@ -217,7 +225,8 @@ class AccuracyPredictor(nn.Module):
         """Train on a zoo (from :func:`~nfn_ext.transformer_zoo.load_transformer_zoo`) with :func:`fit`.
 
         ``val_fraction`` of its members (all their checkpoints) are held out for early stopping on Kendall's
-        tau; ``0`` trains on everything for ``epochs`` epochs. ``io=True`` also reads the zoo's embedding
+        tau; ``0`` trains on everything for ``epochs`` epochs. The feature normalisation of ``raw_features``
+        is fitted on the training models. ``io=True`` also reads the zoo's embedding
         and classifier weights (the predictor then scores the zoo's :class:`SmallViT` only).
         """
         zoo = load_transformer_zoo(zoo) if isinstance(zoo, str | Path) else zoo
@@ -237,6 +246,7 @@ class AccuracyPredictor(nn.Module):
             train = zoo.subset(torch.nonzero(~is_val).squeeze(1))
             held_out = zoo.subset(torch.nonzero(is_val).squeeze(1))
             val = (inputs(held_out), held_out.accuracy)
+        predictor.nfn.fit_feature_norm(train.weights, train.io if io else None)
         fit(
             predictor.nfn, inputs(train), train.accuracy, epochs, batch_size, lr, seed, val, progress,
             loss=loss, weight_decay=weight_decay,

@@ -44,6 +44,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--attention-to-mlp", action="store_true", help="add the attention -> MLP terms to the layer"
     )
+    parser.add_argument(
+        "--raw-features",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the head also reads the quantile-normalised invariant pool of the input weights",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--val-fraction", type=float, default=0.1, help="members held out for early stopping (0: none)"
@@ -55,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         args.zoo, args.epochs, args.batch_size, args.lr, args.seed, args.val_fraction,
         io=args.io, loss=args.loss, weight_decay=args.weight_decay, hidden_channels=args.channels,
         head_hidden=args.head_hidden, attention_to_mlp=args.attention_to_mlp,
+        raw_features=args.raw_features,
     )  # fmt: skip
     predictor.save(args.out)
     print(f"saved {args.out} ({time.perf_counter() - start:.0f} s)")

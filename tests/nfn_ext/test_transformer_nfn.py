@@ -202,18 +202,21 @@ def test_wrong_input_is_refused():
         TransformerLinear(ws.spec, 3, 3).double()(ws)
 
 
-def test_io_weights_enter_the_prediction_and_keep_it_invariant():
+@pytest.mark.parametrize("raw_features", [False, True])
+def test_io_weights_enter_the_prediction_and_keep_it_invariant(raw_features):
     """The embedding/classifier weights (untouched by the group) change the output, and the output is still
-    invariant when only the encoder blocks move; a model built for them refuses to run without them."""
+    invariant when only the encoder blocks move; a model built for them refuses to run without them. Through
+    the linear map, or (``raw_features``) through the QuantileNorm."""
     ws = _space(channels=1, batch=4)
     io = torch.randn(4, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    model = TransformerNFN(ws.spec, hidden_channels=(2,), io_features=6).double()
+    model = TransformerNFN(ws.spec, hidden_channels=(2,), io_features=6, raw_features=raw_features).double()
     g = random_group_element(ws, scale_range=1e3, generator=torch.Generator().manual_seed(2))
     out = model(ws, io)
     assert torch.allclose(model(g.act(ws), io), out, rtol=1e-7, atol=1e-9)
     assert (model(ws, io.flip(0)) - out).abs().max() > 1e-4
-    out.square().sum().backward()
-    assert model.io.weight.grad.abs().min() > 0  # every io weight reaches the output
+    if not raw_features:
+        out.square().sum().backward()
+        assert model.io.weight.grad.abs().min() > 0  # every io weight reaches the output
     with pytest.raises(ValueError, match="io weights"):
         model(ws)
     with pytest.raises(ValueError, match="io weights"):

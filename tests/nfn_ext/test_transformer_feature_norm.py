@@ -1,0 +1,132 @@
+"""Feature normalisation of Transformer-NFN: QuantileNorm against a direct evaluation, and invariance of
+the models that use it (fitted on training models) under the attention group, ill-conditioned elements
+included."""
+
+import numpy as np
+import pytest
+import torch
+
+from nfn_ext import TransformerNFN, TransformerWeightSpace, random_group_element
+from nfn_ext.transformer_nfn import QuantileNorm, TransformerInvariantPool
+from nfn_ext.transformer_predictor import fit
+from tests.nfn_ext.transformer_models import make
+
+
+def _space(batch: int = 6, seed: int = 0) -> TransformerWeightSpace:
+    """Random weights of the SmallViT shape whose scales spread over two orders of magnitude per model."""
+    base = TransformerWeightSpace.from_module(make("small_vit")[0])
+    gen = torch.Generator().manual_seed(seed)
+    scale = torch.logspace(-1, 1, batch, dtype=torch.float64)
+
+    def draw(t: torch.Tensor) -> torch.Tensor:
+        x = torch.randn(batch, 1, *t.shape[2:], generator=gen, dtype=torch.float64)
+        return x * scale.view(-1, *[1] * (x.ndim - 1))
+
+    return base.map(draw)
+
+
+def test_quantile_norm_matches_a_piecewise_linear_interpolation():
+    gen = torch.Generator().manual_seed(0)
+    train = torch.randn(500, 3, generator=gen, dtype=torch.float64).exp() * torch.tensor([1.0, 1e3, 1e-3])
+    norm = QuantileNorm(3, num_knots=16).double().fit(train)
+    levels = (np.arange(16) + 0.5) / 16
+    from scipy.stats import norm as gaussian
+
+    scores = gaussian.ppf(levels)
+    for f in range(3):
+        assert np.allclose(norm.knots[f].numpy(), np.quantile(train[:, f].numpy(), levels))
+    x = torch.cat([train[:50], train[:2] * 1e3, train[:2] * -1.0])  # inside, above and below the range
+    out = norm(x)
+    for f in range(3):
+        direct = np.interp(x[:, f].numpy(), norm.knots[f].numpy(), scores)  # clips like QuantileNorm
+        assert np.allclose(out[:, f].numpy(), direct, atol=1e-12)
+    assert out.min() == pytest.approx(scores[0]) and out.max() == pytest.approx(scores[-1])
+    # monotone per feature, so the ranks of each feature are kept
+    order = x[:, 1].argsort()
+    assert (out[order, 1].diff() >= 0).all()
+
+
+def test_unfitted_quantile_norm_is_the_identity_in_its_range_and_refuses_other_shapes():
+    norm = QuantileNorm(2, num_knots=64).double()
+    x = torch.linspace(-2.0, 2.0, 11, dtype=torch.float64)[:, None].expand(-1, 2)
+    assert torch.allclose(norm(x), x, atol=1e-12)
+    with pytest.raises(ValueError, match=r"\(N, 2\)"):
+        norm.fit(torch.zeros(5, 3))
+
+
+@pytest.mark.parametrize("feature_norm", ["layer", "batch"])
+@pytest.mark.parametrize("scale", [2.0, 1e3])
+def test_nfn_with_fitted_raw_features_is_invariant(feature_norm, scale):
+    """raw_features (QuantileNorm fitted on other models) and either feature norm: the output is invariant,
+    including condition numbers up to 1e6, in eval mode and (BatchNorm: batch statistics) in train mode."""
+    ws, io = _space(), torch.randn(6, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    fitted_on = _space(batch=20, seed=2)
+    model = TransformerNFN(
+        ws.spec, hidden_channels=(2,), io_features=5, feature_norm=feature_norm, raw_features=True
+    ).double()
+    model.fit_feature_norm(fitted_on, torch.randn(20, 5, generator=torch.Generator().manual_seed(3)))
+    g = random_group_element(ws, scale_range=scale, generator=torch.Generator().manual_seed(4))
+    moved = g.act(ws)
+    for train_mode in (False, True):
+        model.train(train_mode)
+        out = model(ws, io)
+        assert torch.allclose(model(moved, io), out, rtol=1e-6, atol=1e-8)
+        assert (out - out.mean()).abs().max() > 1e-4  # not a constant function
+
+
+def test_raw_features_are_the_quantile_normalised_pool_of_the_input():
+    """The head reads [norm(learned pool), QuantileNorm([pool(ws), io])]: the raw branch against a direct
+    evaluation, and fitting the QuantileNorm changes the prediction."""
+    ws, io = _space(), torch.randn(6, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    model = TransformerNFN(ws.spec, hidden_channels=(2,), io_features=5, raw_features=True).double().eval()
+    direct = torch.cat([TransformerInvariantPool(ws.spec, 1)(ws), io], dim=-1)
+    assert torch.equal(model.raw(ws, io), direct)
+    before = model(ws, io)
+    model.fit_feature_norm(ws, io)
+    assert torch.allclose(model.raw_norm(model.raw(ws, io)), model.raw_norm.fit(direct)(direct))
+    assert (model(ws, io) - before).abs().max() > 1e-4
+    assert model.io is None  # io goes through the QuantileNorm instead of the linear map
+
+
+def test_batch_norm_model_trains_with_a_final_batch_of_one_and_every_parameter_learns():
+    ws = _space(batch=9)
+    acc = torch.linspace(0.1, 0.9, 9, dtype=torch.float64)
+    torch.manual_seed(0)
+    model = TransformerNFN(ws.spec, hidden_channels=(2,), head_hidden=8, feature_norm="batch",
+                           raw_features=True).double()  # fmt: skip
+    model.fit_feature_norm(ws)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fit(model, ws, acc, epochs=2, batch_size=4, progress=False)  # 9 = 4 + 4 + 1: the last batch is skipped
+    for name, p in model.named_parameters():
+        assert not torch.equal(p.detach(), before[name]), f"{name} did not move"
+
+
+def test_bad_feature_options_are_refused():
+    ws = _space()
+    with pytest.raises(ValueError, match="feature_norm"):
+        TransformerNFN(ws.spec, feature_norm="group")
+    with pytest.raises(ValueError, match="raw_features"):
+        TransformerNFN(ws.spec, raw_features=False).raw(ws)
+
+
+@pytest.mark.parametrize("io", [False, True])
+def test_accuracy_predictor_fits_the_quantile_norm_and_keeps_it(tiny_zoo, tmp_path, io):
+    """fit() sets the QuantileNorm's knots from the training models; the score stays invariant and survives
+    save/load (the knots are saved)."""
+    from nfn_ext import AccuracyPredictor
+    from nfn_ext.transformer_zoo import SmallViT
+
+    torch.manual_seed(0)
+    predictor = AccuracyPredictor.fit(tiny_zoo, epochs=1, progress=False, io=io, raw_features=True)
+    norm = predictor.nfn.raw_norm
+    assert not torch.allclose(norm.knots, norm.scores.expand_as(norm.knots))
+    models = [SmallViT(), SmallViT()]
+    pred = predictor.predict(models)
+    ws = TransformerWeightSpace.from_modules(models)
+    g = random_group_element(ws, scale_range=1e2, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(predictor.predict([g.act(ws).to_module(index=0)]), pred[:1], atol=1e-5)
+    path = tmp_path / "predictor.pt"
+    predictor.save(path)
+    loaded = AccuracyPredictor.load(path)
+    assert torch.equal(loaded.nfn.raw_norm.knots, norm.knots)
+    assert torch.equal(loaded.predict(models), pred)
