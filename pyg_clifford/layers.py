@@ -125,14 +125,16 @@ class MVLinear(MVModule):
 class GradeTables(NamedTuple):
     r"""Blade tables of an algebra in a working dtype: the grade of each blade ``[2**n]``, the signed grade
     sums :math:`P` ``[n + 1, 2**n]`` (:meth:`CliffordAlgebra.grade_sum_matrix`), the unsigned ones ``U``,
-    the blade squares :math:`\tilde e_A e_A` ``[2**n]`` and :math:`2 P^\top` ``[2**n, n + 1]`` (the
-    derivative of the grade forms, expanded back to the blades)."""
+    the blade squares :math:`\tilde e_A e_A` ``[2**n]``, :math:`2 P^\top` ``[2**n, n + 1]`` (the
+    derivative of the grade forms, expanded back to the blades) and the same with the scalar blade's entry
+    zeroed (MVSiLU, whose scalar invariant is linear)."""
 
     grades: Tensor
     signed: Tensor
     unsigned: Tensor
     squares: Tensor
     doubled: Tensor
+    doubled_gate: Tensor
 
 
 def grade_tables(algebra: CliffordAlgebra, dtype: torch.dtype) -> GradeTables:
@@ -144,12 +146,15 @@ def grade_tables(algebra: CliffordAlgebra, dtype: torch.dtype) -> GradeTables:
         return algebra.table_cache[key]
     with torch.inference_mode(False):  # normal tensors even when first built under inference_mode
         signed = algebra.grade_sum_matrix(dtype)
+        doubled_gate = 2 * signed.t()
+        doubled_gate[0] = 0
         tables = GradeTables(
             algebra.blade_grades,
             signed,
             (signed != 0).to(dtype),
             algebra.blade_squares(dtype),
             2 * signed.t(),
+            doubled_gate,
         )
     if not compiling:
         algebra.table_cache[key] = tables
@@ -223,9 +228,7 @@ class _GradeGate(torch.autograd.Function):
         dgate = dot.mul_(gate).mul_(1 - gate)  # dL/d(alpha s + beta)
         ds = dgate * alpha
         grad_x = _expand(gate, tables.grades, x.new_empty(x.shape)).mul_(grad)
-        doubled = tables.doubled.clone()
-        doubled[0] = 0  # s_0 = x_0 (linear, not a quadratic form)
-        grad_x.addcmul_(_grade_sums(doubled, ds, out=buffer), x)
+        grad_x.addcmul_(_grade_sums(tables.doubled_gate, ds, out=buffer), x)  # s_0 = x_0 is linear
         grad_x[0] += ds[0]
         grad_alpha = (dgate * invariants).sum(2, keepdim=True)
         grad_beta = dgate.sum(2, keepdim=True)
@@ -384,6 +387,9 @@ class SteerableGeometricProduct(MVModule):
         - **input / output:** :math:`(*, C, 2^n)`
     """
 
+    SCALE = 1.0 / math.sqrt(2.0)
+    r"""The :math:`1/\sqrt 2` of ``out``."""
+
     triplet_index: Tensor
     right_index: Tensor
     right_position: Tensor
@@ -422,27 +428,24 @@ class SteerableGeometricProduct(MVModule):
         )
 
     def product_tables(self) -> ProductTables:
-        """The tables of the current weights: cached until the weight changes (eager), rebuilt inside a
-        ``torch.compile`` graph (where they cost one fused gather)."""
-        scale = 1.0 / math.sqrt(2.0)
+        """The eager product's tables of the current weights, cached until the weight changes (compiled
+        graphs build theirs inside :meth:`gather_product`)."""
         weight = self.weight.detach()
-        if torch.compiler.is_compiling():
-            return product_tables(weight, self.product_index(), self.algebra.num_blades, scale)
         key = (weight._version, weight.data_ptr(), weight.dtype, weight.device)
         if self._tables is None or self._tables[0] != key:
-            self._tables = (key, product_tables(weight, self.product_index(), self.algebra.num_blades, scale))
+            tables = product_tables(weight, self.product_index(), self.algebra.num_blades, self.SCALE)
+            self._tables = (key, tables)
         return self._tables[1]
 
     def forward_blade_major(self, x: Tensor) -> Tensor:
         y = self.normalize.forward_blade_major(self.linear_right.forward_blade_major(x))
-        scale = 1.0 / math.sqrt(2.0)
         if torch.compiler.is_compiling():
-            z = self.gather_product(x, y, scale)
+            z = self.gather_product(x, y, self.SCALE)
         else:
             z = WeightedGeometricProduct.apply(
-                x, y, self.weight, self.product_tables(), self.product_index(), scale
+                x, y, self.weight, self.product_tables(), self.product_index(), self.SCALE
             )
-        return self.linear_left.forward_blade_major(x, residual=z, alpha=scale)
+        return self.linear_left.forward_blade_major(x, residual=z, alpha=self.SCALE)
 
     def gather_product(self, x: Tensor, y: Tensor, scale: float) -> Tensor:
         r"""The same weighted product, :math:`z_j = s \sum_i (\sigma_{ij} w_{t(i,j)}) \odot x_i \odot

@@ -45,6 +45,14 @@ def product_tables(
     )
 
 
+def _weight_grad(pairs: Tensor, index: WeightedProductIndex, scale: float, weight: Tensor) -> Tensor:
+    r"""The weight gradient :math:`\partial_{w_{c,t}} = s \sum_{(i,j) \in t} \sigma_{ij} P_{(i,j),c}`,
+    ``[C, T]``, from the per-pair sums :math:`P_{(i,j),c} = \sum_m x_{c,i}\, g_{c,j}\, y_{c,i \oplus j}`
+    ``[4**n, C]``."""
+    pairs = pairs * (index.sign.to(pairs.dtype) * scale)[:, None]
+    return pairs.new_zeros(weight.t().shape).index_add_(0, index.triplet, pairs).t()
+
+
 _TILE = 2**18  # entries of the product buffer per CPU tile (1 MiB in float32, a cache)
 
 
@@ -180,8 +188,7 @@ class WeightedGeometricProduct(torch.autograd.Function):
                 pairs = pairs.view(blades, x.size(1), blades).transpose(1, 2)  # [i, j, C]
         grad_weight = None
         if pairs is not None:
-            pairs = pairs.reshape(blades * blades, -1) * (index.sign.to(grad.dtype) * ctx.scale)[:, None]
-            grad_weight = pairs.new_zeros(weight.t().shape).index_add_(0, index.triplet, pairs).t()
+            grad_weight = _weight_grad(pairs.reshape(blades * blades, -1), index, ctx.scale, weight)
         return grad_x, grad_y, grad_weight, None, None, None
 
 
@@ -231,6 +238,5 @@ class GatherWeightedProduct(torch.autograd.Function):
             gathered = grad.index_select(0, right).view(blades, blades, *grad.shape[1:])  # [i, k] = g_{i^k}
             pairs = (gathered * x.unsqueeze(1) * y.unsqueeze(0)).sum(-1).reshape(blades * blades, -1)
             pairs = pairs.index_select(0, right_position)  # (i, k) -> (i, j = i xor k)
-            pairs = pairs * (sign.to(grad.dtype) * ctx.scale)[:, None]
-            grad_weight = pairs.new_zeros(weight.t().shape).index_add_(0, triplet, pairs).t()
+            grad_weight = _weight_grad(pairs, index, ctx.scale, weight)
         return grad_x, grad_y, grad_weight, None, None, None, None, None
