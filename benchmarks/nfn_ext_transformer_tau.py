@@ -211,8 +211,6 @@ def run_setting(
             predictors[suffix] = (staged(trees), None)
     else:
         net = options["build"]()
-        if isinstance(net, TransformerNFN):
-            net.fit_feature_norm(*(inputs(train) if args.io else (inputs(train),)))
         states: list[dict[str, Tensor]] = []
         curve = fit(
             net, inputs(train), train.accuracy, args.epochs, 32, options["lr"], seed,

@@ -95,10 +95,15 @@ def fit(
     Batches are drawn from a generator seeded by ``seed`` (the same order for every model: paired runs).
     With ``val``, the weights of the epoch with the best validation Kendall's tau are restored at the end
     (early stopping). With ``snapshots``, a copy of the weights after every epoch is appended to it (for
-    :func:`snapshot_logits`). Returns Kendall's tau on ``val`` after every epoch (empty without ``val``).
+    :func:`snapshot_logits`). A model with a ``fit_feature_norm`` method (:class:`TransformerNFN` with
+    ``raw_features``) has it fitted on ``ws`` first. Returns Kendall's tau on ``val`` after every epoch
+    (empty without ``val``).
     """
     if loss not in LOSSES:
         raise ValueError(f"expected loss in {LOSSES}, got {loss!r}")
+    if hasattr(model, "fit_feature_norm"):
+        model.fit_feature_norm(*(ws if isinstance(ws, tuple) else (ws,)))
+    batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(epochs, 1))
     gen = torch.Generator().manual_seed(seed)
@@ -107,7 +112,7 @@ def fit(
     for _ in bar:
         model.train()
         for batch in torch.randperm(len(accuracy), generator=gen).split(batch_size):
-            if len(batch) == 1 and len(accuracy) > 1:  # a BatchNorm cannot train on one model
+            if batch_norm and len(batch) == 1 and len(accuracy) > 1:  # a BatchNorm cannot train on one model
                 continue
             opt.zero_grad()
             value = training_loss(_call(model, _take(ws, batch)), accuracy[batch], loss)
@@ -226,7 +231,7 @@ class AccuracyPredictor(nn.Module):
 
         ``val_fraction`` of its members (all their checkpoints) are held out for early stopping on Kendall's
         tau; ``0`` trains on everything for ``epochs`` epochs. The feature normalisation of ``raw_features``
-        is fitted on the training models. ``io=True`` also reads the zoo's embedding
+        is fitted on the training models (by :func:`fit`). ``io=True`` also reads the zoo's embedding
         and classifier weights (the predictor then scores the zoo's :class:`SmallViT` only).
         """
         zoo = load_transformer_zoo(zoo) if isinstance(zoo, str | Path) else zoo
@@ -246,7 +251,6 @@ class AccuracyPredictor(nn.Module):
             train = zoo.subset(torch.nonzero(~is_val).squeeze(1))
             held_out = zoo.subset(torch.nonzero(is_val).squeeze(1))
             val = (inputs(held_out), held_out.accuracy)
-        predictor.nfn.fit_feature_norm(train.weights, train.io if io else None)
         fit(
             predictor.nfn, inputs(train), train.accuracy, epochs, batch_size, lr, seed, val, progress,
             loss=loss, weight_decay=weight_decay,

@@ -101,6 +101,25 @@ def test_batch_norm_model_trains_with_a_final_batch_of_one_and_every_parameter_l
         assert not torch.equal(p.detach(), before[name]), f"{name} did not move"
 
 
+def test_fit_fits_the_feature_norm_on_its_training_models_first():
+    ws = _space(batch=9)
+    io = torch.randn(9, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    model = TransformerNFN(ws.spec, hidden_channels=(2,), head_hidden=8, io_features=5).double()
+    fit(model, (ws, io), torch.linspace(0.1, 0.9, 9, dtype=torch.float64), epochs=0, progress=False)
+    expected = QuantileNorm(model.raw_norm.knots.shape[0]).double().fit(model.raw(ws, io))
+    assert torch.equal(model.raw_norm.knots, expected.knots)
+
+
+def test_layer_norm_model_trains_on_batches_of_one():
+    """Only a BatchNorm skips a batch of one model; a LayerNorm head learns from each."""
+    ws = _space(batch=3)
+    torch.manual_seed(0)
+    model = TransformerNFN(ws.spec, hidden_channels=(2,), head_hidden=8).double()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fit(model, ws, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64), epochs=1, batch_size=1, progress=False)
+    assert not torch.equal(model.head[-1].weight.detach(), before["head.4.weight"])
+
+
 def test_bad_feature_options_are_refused():
     ws = _space()
     with pytest.raises(ValueError, match="feature_norm"):
