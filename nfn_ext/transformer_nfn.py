@@ -307,21 +307,64 @@ class QuantileNorm(nn.Module):
         return f"{self.knots.shape[0]}, num_knots={self.knots.shape[1]}"
 
 
+class PiecewiseLinearEncoding(nn.Module):
+    r"""Piecewise-linear encoding of normal scores (Gorishniy et al., NeurIPS 2022, "On embeddings for
+    numerical features in tabular deep learning"), read after :class:`QuantileNorm`: with edges
+    ``e_0 < ... < e_T``, ``e_t = \Phi^{-1}(t / T)`` for ``0 < t < T`` and ``e_0 = -e_T`` = the
+    :class:`QuantileNorm` clip ``z_{K-1}``,
+
+    .. math:: \mathrm{enc}_t(z) = \mathrm{clip}\Big(\frac{z - e_{t-1}}{e_t - e_{t-1}}, 0, 1\Big),
+              \quad t = 1, \dots, T,
+
+    so bin ``t`` holds a ``1/T`` share of the training models of each feature and the head can act on one
+    range of one feature alone (a threshold, as a tree does). A function of each feature alone: invariant
+    features stay invariant.
+
+    Args:
+        bins: ``T``.
+        limit: ``e_T``.
+
+    Shapes:
+        input ``(B, F)``; output ``(B, F T)``.
+    """
+
+    def __init__(self, bins: int, limit: float) -> None:
+        super().__init__()
+        inner = torch.special.ndtri(torch.arange(1, bins, dtype=torch.float64) / bins)
+        self.register_buffer(
+            "edges", torch.cat([inner.new_tensor([-limit]), inner, inner.new_tensor([limit])])
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        edges = self.edges.to(z.dtype)
+        return ((z[..., None] - edges[:-1]) / edges.diff()).clamp(0, 1).flatten(-2)
+
+    def extra_repr(self) -> str:
+        return f"bins={len(self.edges) - 1}"
+
+
 class TransformerInvariantPool(nn.Module):
     r"""Invariant features ``(B, num_features)``, per block and channel: the head means of ``S_h`` and
     ``T_h``; the hidden-neuron means of ``[W_A; b_A]``, ``W_B`` and of their squares; ``b_O``, ``b_B``; and
     STATNN-style statistics (mean, variance, quantiles 0, 1/4, 1/2, 3/4, 1) of the entries of all ``S_h``, all
     ``T_h``, ``[W_A; b_A]``, ``W_B``, ``b_O`` and ``b_B`` (functions of invariant or permuted entries, hence
     invariant); then :func:`signed_log`. ``dense=True`` adds the head means of ``S_h``, ``T_h`` entry by entry
-    (``(D+1)(2D+1)`` features; on the digits zoo they overfit)."""
+    (``(D+1)(2D+1)`` features; on the digits zoo they overfit). ``spectral=True`` adds singular values:
+    the ``D_k`` largest of each ``S_h`` and the ``D_v`` largest of each ``T_h`` (their ranks; the rest are
+    zero), mean and max over heads, and all of ``[W_A; b_A]`` and ``W_B`` (``2 (D_k + D_v) + min(D+1, D_A)
+    + min(D_A, D)`` features; :class:`TransformerNFN` computes them on its input weights only)."""
 
-    def __init__(self, spec: TransformerWeightSpaceSpec, channels: int, dense: bool = False) -> None:
+    def __init__(
+        self, spec: TransformerWeightSpaceSpec, channels: int, dense: bool = False, spectral: bool = False
+    ) -> None:
         super().__init__()
-        self.spec, self.channels, self.dense = spec, channels, dense
-        D = spec.d_model
+        self.spec, self.channels, self.dense, self.spectral = spec, channels, dense, spectral
+        D, A = spec.d_model, spec.d_mlp
         per_block = 2 * (D + 1) + 4 * D + 6 * len(_QUANTILES) + 12
         if dense:
             per_block += (D + 1) ** 2 + (D + 1) * D
+        if spectral:
+            per_block += 2 * (spec.d_qk + spec.d_v) + min(D + 1, A) + min(A, D)
         self.num_features = channels * spec.num_blocks * per_block
         self.register_buffer("quantiles", torch.tensor(_QUANTILES), persistent=False)
 
@@ -340,6 +383,12 @@ class TransformerInvariantPool(nn.Module):
         feats = [*mlp, ws.bo, ws.bb, *stats]
         if self.dense:
             feats += [s.mean(3).flatten(3), t.mean(3).flatten(3)]
+        if self.spectral:
+            heads = [
+                torch.linalg.svdvals(x)[..., :rank] for x, rank in ((s, self.spec.d_qk), (t, self.spec.d_v))
+            ]
+            feats += [f(h, dim=3) for h in heads for f in (torch.mean, torch.amax)]
+            feats += [torch.linalg.svdvals(x) for x in (a, ws.wb) if x.shape[-1] and x.shape[-2]]
         return signed_log(torch.cat(feats, dim=-1).flatten(1))
 
 
@@ -365,6 +414,10 @@ class TransformerNFN(nn.Module):
         raw_features: also read the invariant pool of the *input* weights (and ``io``) through a
             :class:`QuantileNorm` fitted on the training models (:meth:`fit_feature_norm`), beside the
             learned features (``io`` then goes through it instead of the linear map).
+        raw_spectral: the raw features include the singular values of the input's invariants
+            (:class:`TransformerInvariantPool` ``spectral``).
+        raw_bins: with ``T > 0``, the head reads the normalised raw features through a
+            :class:`PiecewiseLinearEncoding` with ``T`` bins instead of as they are.
 
     Shapes:
         input: :class:`TransformerWeightSpace` with ``B`` models (and ``io`` ``(B, io_features)``); output
@@ -384,6 +437,8 @@ class TransformerNFN(nn.Module):
         io_hidden: int = 16,
         feature_norm: str = "layer",
         raw_features: bool = True,
+        raw_spectral: bool = False,
+        raw_bins: int = 0,
     ) -> None:
         super().__init__()
         if feature_norm not in ("layer", "batch"):
@@ -398,9 +453,13 @@ class TransformerNFN(nn.Module):
         self.io = nn.Linear(io_features, io_hidden) if io_features and not raw_features else None
         n_in = self.pool.num_features + (io_hidden if self.io is not None else 0)
         self.norm = nn.LayerNorm(n_in) if feature_norm == "layer" else nn.BatchNorm1d(n_in)
-        self.raw_pool = TransformerInvariantPool(spec, in_channels, dense_pool) if raw_features else None
+        self.raw_pool = (
+            TransformerInvariantPool(spec, in_channels, dense_pool, raw_spectral) if raw_features else None
+        )
         self.raw_norm = QuantileNorm(self.raw_pool.num_features + io_features) if raw_features else None
-        n_head = n_in + (self.raw_norm.knots.shape[0] if raw_features else 0)
+        limit = float(self.raw_norm.scores[-1]) if raw_features else 0.0
+        self.raw_encoding = PiecewiseLinearEncoding(raw_bins, limit) if raw_features and raw_bins else None
+        n_head = n_in + (self.raw_norm.knots.shape[0] * max(raw_bins, 1) if raw_features else 0)
         self.head = nn.Sequential(
             nn.Linear(n_head, head_hidden),
             nn.ReLU(),
@@ -441,5 +500,6 @@ class TransformerNFN(nn.Module):
             feats = torch.cat([feats, self.io(signed_log(io.to(feats.dtype)))], dim=-1)
         feats = self.norm(feats)
         if self.raw_norm is not None:
-            feats = torch.cat([feats, self.raw_norm(self.raw(ws, io))], dim=-1)
+            raw = self.raw_norm(self.raw(ws, io))
+            feats = torch.cat([feats, raw if self.raw_encoding is None else self.raw_encoding(raw)], dim=-1)
         return self.head(feats)

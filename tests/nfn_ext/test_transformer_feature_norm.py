@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nfn_ext import TransformerNFN, TransformerWeightSpace, random_group_element
-from nfn_ext.transformer_nfn import QuantileNorm, TransformerInvariantPool
+from nfn_ext.transformer_nfn import PiecewiseLinearEncoding, QuantileNorm, TransformerInvariantPool
 from nfn_ext.transformer_predictor import fit
 from tests.nfn_ext.transformer_models import make
 
@@ -54,16 +54,21 @@ def test_unfitted_quantile_norm_is_the_identity_in_its_range_and_refuses_other_s
         norm.fit(torch.zeros(5, 3))
 
 
-@pytest.mark.parametrize("feature_norm", ["layer", "batch"])
+@pytest.mark.parametrize(
+    "feature_norm, spectral, bins",
+    [("layer", False, 0), ("batch", False, 0), ("layer", True, 0), ("layer", True, 8)],
+)
 @pytest.mark.parametrize("scale", [2.0, 1e3])
-def test_nfn_with_fitted_raw_features_is_invariant(feature_norm, scale):
-    """raw_features (QuantileNorm fitted on other models) and either feature norm: the output is invariant,
-    including condition numbers up to 1e6, in eval mode and (BatchNorm: batch statistics) in train mode."""
+def test_nfn_with_fitted_raw_features_is_invariant(feature_norm, spectral, bins, scale):
+    """raw_features (QuantileNorm fitted on other models, with or without the singular values and the
+    piecewise-linear encoding) and either feature norm: the output is invariant, including condition numbers
+    up to 1e6, in eval mode and (BatchNorm: batch statistics) in train mode."""
     ws, io = _space(), torch.randn(6, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     fitted_on = _space(batch=20, seed=2)
     model = TransformerNFN(
-        ws.spec, hidden_channels=(2,), io_features=5, feature_norm=feature_norm, raw_features=True
-    ).double()
+        ws.spec, hidden_channels=(2,), io_features=5, feature_norm=feature_norm, raw_features=True,
+        raw_spectral=spectral, raw_bins=bins,
+    ).double()  # fmt: skip
     model.fit_feature_norm(fitted_on, torch.randn(20, 5, generator=torch.Generator().manual_seed(3)))
     g = random_group_element(ws, scale_range=scale, generator=torch.Generator().manual_seed(4))
     moved = g.act(ws)
@@ -149,3 +154,76 @@ def test_accuracy_predictor_fits_the_quantile_norm_and_keeps_it(tiny_zoo, tmp_pa
     loaded = AccuracyPredictor.load(path)
     assert torch.equal(loaded.nfn.raw_norm.knots, norm.knots)
     assert torch.equal(loaded.predict(models), pred)
+
+
+def _singular_values(ws: TransformerWeightSpace, b: int, block: int) -> np.ndarray:
+    """The spectral features of one model's block, by numpy, one head at a time."""
+    spec = ws.spec
+
+    def get(name: str, *index: int) -> np.ndarray:
+        return getattr(ws, name)[(b, 0, block, *index)].numpy()
+
+    def svd(x: np.ndarray) -> np.ndarray:
+        return np.linalg.svd(x, compute_uv=False)
+
+    s_h, t_h = [], []
+    for h in range(spec.num_heads):
+        q, k = np.vstack([get("wq", h), get("bq", h)[None]]), np.vstack([get("wk", h), get("bk", h)[None]])
+        v = np.vstack([get("wv", h), get("bv", h)[None]])
+        s_h.append(svd(q @ k.T)[: spec.d_qk])
+        t_h.append(svd(v @ get("wo", h))[: spec.d_v])
+    out = [np.mean(s_h, 0), np.max(s_h, 0), np.mean(t_h, 0), np.max(t_h, 0)]
+    if spec.d_mlp:
+        out += [svd(np.vstack([get("wa"), get("ba")[None]])), svd(get("wb"))]
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("family", ["small_vit", "torch_mha"])
+def test_spectral_pool_features_match_numpy_singular_values(family):
+    """``spectral=True`` appends, per block: the D_k largest singular values of each S_h and the D_v largest
+    of each T_h, mean and max over heads, then all of [W_A; b_A] and W_B (none without an MLP); the rest of
+    the pool is unchanged."""
+    ws = TransformerWeightSpace.from_module(make(family)[0]).map(
+        lambda t: torch.randn(3, 1, *t.shape[2:], generator=torch.Generator().manual_seed(t.numel()))
+    )
+    spec = ws.spec
+    plain, spectral = TransformerInvariantPool(spec, 1), TransformerInvariantPool(spec, 1, spectral=True)
+    L, n_plain = spec.num_blocks, plain.num_features // spec.num_blocks
+    n_extra = spectral.num_features // L - n_plain
+    feats = spectral(ws).view(3, L, -1)
+    assert feats.shape[-1] == n_plain + n_extra
+    assert torch.equal(feats[..., :n_plain].flatten(1), plain(ws))
+    for b in range(3):
+        for block in range(L):
+            direct = _singular_values(ws, b, block)
+            assert len(direct) == n_extra
+            expected = np.sign(direct) * np.log1p(np.abs(direct))
+            assert np.allclose(feats[b, block, n_plain:].numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_piecewise_linear_encoding_matches_its_formula_and_feeds_the_head():
+    """enc_t(z) = clip((z - e_{t-1}) / (e_t - e_{t-1}), 0, 1) with equal-probability normal edges; the
+    encodings add back up to the clipped score; TransformerNFN(raw_bins=T) feeds the head the encoded
+    QuantileNorm output (F T numbers)."""
+    from scipy.stats import norm as gaussian
+
+    enc = PiecewiseLinearEncoding(4, 2.5).double()
+    edges = np.array([-2.5, gaussian.ppf(0.25), 0.0, gaussian.ppf(0.75), 2.5])
+    assert np.allclose(enc.edges.numpy(), edges)
+    z = torch.tensor([[-3.0, -1.0, 0.1, 0.7, 2.4, 9.0]], dtype=torch.float64)
+    out = enc(z).view(6, 4).numpy()
+    for i, value in enumerate(z[0].tolist()):
+        direct = [min(max((value - edges[t - 1]) / (edges[t] - edges[t - 1]), 0), 1) for t in range(1, 5)]
+        assert np.allclose(out[i], direct)
+    assert np.allclose(edges[0] + (out * np.diff(edges)).sum(1), np.clip(z[0].numpy(), -2.5, 2.5))
+    ws, io = _space(), torch.randn(6, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    model = TransformerNFN(ws.spec, hidden_channels=(2,), io_features=5, raw_bins=8).double().eval()
+    model.fit_feature_norm(ws, io)
+    first = model.head[0]
+    assert first.in_features == model.norm.normalized_shape[0] + 8 * model.raw_norm.knots.shape[0]
+    seen = []
+    handle = first.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    model(ws, io)
+    handle.remove()
+    expected = model.raw_encoding(model.raw_norm(model.raw(ws, io)))
+    assert torch.equal(seen[0][:, -expected.shape[1] :], expected)
