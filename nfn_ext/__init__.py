@@ -9,7 +9,7 @@ from .group import MonomialGroupElement, random_group_element
 from .magep import MAGEPNFN, MAGEPLinear
 from .monomial import MonomialEquivariantNFN, MonomialLinear, MonomialNFN, MonomialPool
 from .transformer_group import AttentionGroupElement
-from .transformer_nfn import QuantileNorm, TransformerNFN
+from .transformer_nfn import PiecewiseLinearEncoding, QuantileNorm, TransformerNFN
 from .transformer_predictor import AccuracyPredictor
 from .transformer_space import TransformerWeightSpace, TransformerWeightSpaceSpec
 from .weight_space import LayerSpec, WeightSpace, WeightSpaceSpec
@@ -25,6 +25,7 @@ __all__ = [
     "MonomialLinear",
     "MonomialNFN",
     "MonomialPool",
+    "PiecewiseLinearEncoding",
     "QuantileNorm",
     "TransformerNFN",
     "TransformerWeightSpace",
