@@ -418,6 +418,12 @@ def plot_curves(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def _on_off(value: str) -> bool:
+    if value not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected 'on' or 'off', got {value!r}")
+    return value == "on"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -450,7 +456,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--attention-to-mlp",
-        type=lambda v: v == "on",
+        type=_on_off,
         nargs="+",
         default=[True, False],
         help="on/off: Transformer-NFN with/without the attention -> MLP terms (chosen on validation)",
@@ -483,14 +489,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--invariant-gbt-spectral",
-        type=lambda v: v == "on",
+        type=_on_off,
         nargs="+",
         default=[False],
         help="on/off: invariant_gbt also reads the singular values (TransformerInvariantPool spectral)",
     )
     parser.add_argument(
         "--io",
-        type=lambda v: v == "on",
+        type=_on_off,
         default=True,
         help="on/off: every model also reads the embedding and classifier weights (untouched by the group)",
     )
@@ -503,7 +509,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--raw-features",
-        type=lambda v: v == "on",
+        type=_on_off,
         nargs="+",
         default=[False],
         help="on/off: Transformer-NFN and its ablations also read the quantile-normalised invariant pool of "
@@ -511,7 +517,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--raw-spectral",
-        type=lambda v: v == "on",
+        type=_on_off,
         nargs="+",
         default=[False],
         help="on/off: the raw features include singular values of the invariants (TransformerNFN "

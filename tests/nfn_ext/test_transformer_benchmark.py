@@ -81,3 +81,10 @@ def test_pair_concordance_against_a_double_loop():
     assert got == pytest.approx({k: sum(v) / len(v) for k, v in sums.items()})
     assert sum(bench._pair_counts(y, 0.5).values()) == 16 * 15 // 2 - 6
     assert bench.pair_concordance(2 * y, y, 0.5) == pytest.approx(dict.fromkeys(sums, 1.0))
+
+
+def test_on_off_options_refuse_other_words(capsys):
+    assert bench.parse_args(["--io", "off", "--raw-spectral", "on", "off"]).raw_spectral == [True, False]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--io", "maybe"])
+    assert "expected 'on' or 'off', got 'maybe'" in capsys.readouterr().err
