@@ -190,8 +190,11 @@ def _fit_gbt(
         subsample=options["subsample"], random_state=seed,
     )  # fmt: skip
     spec = (x[0] if args.io else x).spec
-    pool = TransformerInvariantPool(spec, 1, spectral=options["spectral"])
-    stats = weight_statistics if model == "statnn_gbt" else pool
+    stats = (
+        weight_statistics
+        if model == "statnn_gbt"
+        else TransformerInvariantPool(spec, 1, spectral=options["spectral"])
+    )
 
     def features(x: Inputs) -> Tensor:  # weight statistics (and the raw io weights)
         return torch.cat([stats(x[0]), x[1]], 1) if args.io else stats(x)
@@ -389,10 +392,13 @@ def _pair_counts(accuracy: Tensor, above: float) -> dict[str, int]:
 
 def pair_concordance(pred: Tensor, accuracy: Tensor, above: float) -> dict[str, float]:
     r"""Kendall-style concordance per kind of pair (:func:`_pair_kinds`): the mean over the pairs of that kind
-    of :math:`\operatorname{sign}(p_i - p_j)\operatorname{sign}(y_i - y_j)` (ties in ``pred`` count 0).
-    ``pred``, ``accuracy``: ``(N,)``."""
+    of :math:`\operatorname{sign}(p_i - p_j)\operatorname{sign}(y_i - y_j)` (ties in ``pred`` count 0;
+    ``nan`` for a kind without pairs). ``pred``, ``accuracy``: ``(N,)``."""
     agree = torch.sign(pred[:, None] - pred[None, :]) * torch.sign(accuracy[:, None] - accuracy[None, :])
-    return {k: float(agree[m].double().mean()) for k, m in _pair_kinds(accuracy, above).items()}
+    return {
+        k: float(agree[m].double().mean()) if m.any() else math.nan
+        for k, m in _pair_kinds(accuracy, above).items()
+    }
 
 
 def plot_curves(results: dict[str, list[dict[str, Any]]], path: Path) -> None:

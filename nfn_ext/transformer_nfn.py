@@ -330,6 +330,8 @@ class PiecewiseLinearEncoding(nn.Module):
 
     def __init__(self, bins: int, limit: float) -> None:
         super().__init__()
+        if bins < 1 or limit <= 0:
+            raise ValueError(f"expected bins >= 1 and limit > 0, got bins={bins}, limit={limit}")
         inner = torch.special.ndtri(torch.arange(1, bins, dtype=torch.float64) / bins)
         self.register_buffer(
             "edges", torch.cat([inner.new_tensor([-limit]), inner, inner.new_tensor([limit])])
@@ -443,6 +445,10 @@ class TransformerNFN(nn.Module):
         super().__init__()
         if feature_norm not in ("layer", "batch"):
             raise ValueError(f"expected feature_norm 'layer' or 'batch', got {feature_norm!r}")
+        if raw_bins < 0:
+            raise ValueError(f"expected raw_bins >= 0 (0: no encoding), got {raw_bins}")
+        if not raw_features and (raw_spectral or raw_bins):
+            raise ValueError("raw_spectral and raw_bins act on the raw features: they need raw_features=True")
         self.spec, self.io_features = spec, io_features
         channels = [in_channels, *hidden_channels]
         layers: list[nn.Module] = []
@@ -457,8 +463,9 @@ class TransformerNFN(nn.Module):
             TransformerInvariantPool(spec, in_channels, dense_pool, raw_spectral) if raw_features else None
         )
         self.raw_norm = QuantileNorm(self.raw_pool.num_features + io_features) if raw_features else None
-        limit = float(self.raw_norm.scores[-1]) if raw_features else 0.0
-        self.raw_encoding = PiecewiseLinearEncoding(raw_bins, limit) if raw_features and raw_bins else None
+        self.raw_encoding = (
+            PiecewiseLinearEncoding(raw_bins, float(self.raw_norm.scores[-1])) if raw_bins else None
+        )
         n_head = n_in + (self.raw_norm.knots.shape[0] * max(raw_bins, 1) if raw_features else 0)
         self.head = nn.Sequential(
             nn.Linear(n_head, head_hidden),

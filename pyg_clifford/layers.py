@@ -146,14 +146,15 @@ def grade_tables(algebra: CliffordAlgebra, dtype: torch.dtype) -> GradeTables:
         return algebra.table_cache[key]
     with torch.inference_mode(False):  # normal tensors even when first built under inference_mode
         signed = algebra.grade_sum_matrix(dtype)
-        doubled_gate = 2 * signed.t()
+        doubled = 2 * signed.t()
+        doubled_gate = doubled.clone()
         doubled_gate[0] = 0
         tables = GradeTables(
             algebra.blade_grades,
             signed,
             (signed != 0).to(dtype),
             algebra.blade_squares(dtype),
-            2 * signed.t(),
+            doubled,
             doubled_gate,
         )
     if not compiling:

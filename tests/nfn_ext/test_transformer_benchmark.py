@@ -1,5 +1,7 @@
 """The transformer tau benchmark's ensemble protocol (``--ensemble K``) on a zoo of random SmallViTs."""
 
+import math
+
 import pytest
 import torch
 
@@ -81,6 +83,9 @@ def test_pair_concordance_against_a_double_loop():
     assert got == pytest.approx({k: sum(v) / len(v) for k, v in sums.items()})
     assert sum(bench._pair_counts(y, 0.5).values()) == 16 * 15 // 2 - 6
     assert bench.pair_concordance(2 * y, y, 0.5) == pytest.approx(dict.fromkeys(sums, 1.0))
+    nobody_trained = bench.pair_concordance(pred, y, 2.0)  # an unreachable threshold: one kind only
+    assert math.isnan(nobody_trained["trained-trained"]) and math.isnan(nobody_trained["trained-chance"])
+    assert nobody_trained["chance-chance"] == pytest.approx(sum(sum(v) for v in sums.values()) / 114)
 
 
 def test_on_off_options_refuse_other_words(capsys):

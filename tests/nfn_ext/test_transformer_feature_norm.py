@@ -131,6 +131,13 @@ def test_bad_feature_options_are_refused():
         TransformerNFN(ws.spec, feature_norm="group")
     with pytest.raises(ValueError, match="raw_features"):
         TransformerNFN(ws.spec, raw_features=False).raw(ws)
+    for options in ({"raw_spectral": True}, {"raw_bins": 8}):
+        with pytest.raises(ValueError, match="need raw_features=True"):
+            TransformerNFN(ws.spec, raw_features=False, **options)
+    with pytest.raises(ValueError, match="raw_bins >= 0"):
+        TransformerNFN(ws.spec, raw_bins=-1)
+    with pytest.raises(ValueError, match="bins >= 1"):
+        PiecewiseLinearEncoding(0, 2.5)
 
 
 @pytest.mark.parametrize("io", [False, True])
